@@ -59,46 +59,97 @@ def _input_outputs(model: HookedTransformer, graph: Graph, tokens: torch.Tensor)
     return embed.unsqueeze(0), None  # rotary: positions enter inside attention
 
 
-def _mix(mask: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """sum over sources of mask * delta.
+def _normalize(model: HookedTransformer, norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's pre-LayerNorm ``norm`` over the last dimension, as one fused kernel where possible."""
+    kind, eps = model.cfg.normalization_type, model.cfg.eps
+    if kind is None:
+        return x
+    if kind in ("LN", "LNPre"):
+        weight, bias = (norm.w, norm.b) if kind == "LN" else (None, None)
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+    if kind in ("RMS", "RMSPre"):
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        return x * norm.w if kind == "RMS" else x
+    raise ValueError(f"Normalization {kind!r} is not supported by the patching engine.")
 
-    mask: (circuit, source, dest) or (circuit, source, dest, pos); delta: (source, circuit, batch, pos, d_model).
-    Returns (dest, circuit, batch, pos, d_model).
+
+class _SourceDeltas:
+    """The growing (circuit, source, batch, pos, d_model) stack of source output minus ablated value.
+
+    Without autograd the blocks are written into one preallocated buffer (no copies per layer);
+    with autograd they are concatenated, since in-place writes would break the backward pass.
     """
-    if mask.dim() == 3:
-        return torch.einsum("csd,scbpm->dcbpm", mask, delta)
-    return torch.einsum("csdp,scbpm->dcbpm", mask, delta)
+
+    def __init__(self, first: torch.Tensor, n_sources: int, track_grad: bool):
+        self.track_grad = track_grad
+        self.blocks = [first]
+        self.size = first.shape[1]
+        if not track_grad:
+            self.buffer = first.new_empty(first.shape[0], n_sources, *first.shape[2:])
+            self.buffer[:, : self.size] = first
+
+    def append(self, outputs: torch.Tensor, ablated: torch.Tensor) -> None:
+        """Add a block of sources: outputs (circuit, n, batch, pos, d_model), ablated (n, batch|1, pos|1, d_model)."""
+        n = outputs.shape[1]
+        if self.track_grad:
+            self.blocks.append(outputs - ablated)
+        else:
+            torch.sub(outputs, ablated, out=self.buffer[:, self.size : self.size + n])
+        self.size += n
+
+    def stacked(self) -> torch.Tensor:
+        if not self.track_grad:
+            return self.buffer[:, : self.size]
+        if len(self.blocks) > 1:
+            self.blocks = [torch.cat(self.blocks, dim=1)]
+        return self.blocks[0]
+
+
+def _mix(mask: torch.Tensor, deltas: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """Destination inputs: base + sum over sources of mask * delta.
+
+    mask: (circuit, source, dest) or (circuit, source, dest, pos);
+    deltas: (circuit, source, batch, pos, d_model); base: (1, batch|1, pos|1, d_model).
+    Returns (circuit, dest, batch, pos, d_model).
+    """
+    n_circuits, n_sources, batch, n_pos, d_model = deltas.shape
+    if mask.dim() == 4:
+        return base.unsqueeze(1) + torch.einsum("csdp,csbpm->cdbpm", mask, deltas)
+    flat = deltas.reshape(n_circuits, n_sources, -1)
+    base = base.expand(1, batch, n_pos, d_model).reshape(1, 1, -1)
+    mixed = torch.baddbmm(base, mask.transpose(1, 2), flat)
+    return mixed.view(n_circuits, -1, batch, n_pos, d_model)
 
 
 def _attention(
     model: HookedTransformer, layer: int, qkv_in: torch.Tensor, shortformer_pos: torch.Tensor | None
 ) -> torch.Tensor:
-    """One attention layer with separate inputs per head and per q/k/v.
+    """One attention layer with a separate input per head and per q/k/v.
 
-    qkv_in: (head, 3, batch, pos, d_model) residual inputs (before LayerNorm).
-    Returns the per-head outputs z @ W_O, (head, batch, pos, d_model), without b_O.
+    qkv_in: (circuit, 3, head, batch, pos, d_model) residual inputs (before LayerNorm), q/k/v-major.
+    Returns the per-head outputs z @ W_O, (circuit, head, batch, pos, d_model), without b_O.
     """
     block = model.blocks[layer]
     attn = block.attn
-    normed = block.ln1(qkv_in)
-    q_in, k_in, v_in = normed.unbind(1)  # each (head, batch, pos, d_model)
+    n_circuits, _, n_heads, batch, n_pos, d_model = qkv_in.shape
+    normed = _normalize(model, block.ln1, qkv_in)
     if shortformer_pos is not None:
-        q_in = q_in + shortformer_pos
-        k_in = k_in + shortformer_pos
-    q = torch.einsum("hbpm,hme->bphe", q_in, attn.W_Q) + attn.b_Q
-    k = torch.einsum("hbpm,hme->bphe", k_in, attn.W_K) + attn.b_K
-    v = torch.einsum("hbpm,hme->bphe", v_in, attn.W_V) + attn.b_V
+        normed = torch.cat([normed[:, :2] + shortformer_pos[:, None], normed[:, 2:]], dim=1)
+    rows = normed.view(n_circuits, 3, n_heads, batch * n_pos, d_model)
+    weights = torch.stack([attn.W_Q, attn.W_K, attn.W_V])  # (3, head, d_model, d_head)
+    biases = torch.stack([attn.b_Q, attn.b_K, attn.b_V])[:, :, None]  # (3, head, 1, d_head)
+    q, k, v = torch.matmul(rows, weights).add_(biases).view(n_circuits, 3, n_heads, batch, n_pos, -1).unbind(1)
     if model.cfg.positional_embedding_type == "rotary":
-        q = attn.apply_rotary(q, 0, None)
-        k = attn.apply_rotary(k, 0, None)
-    scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / attn.attn_scale
+        def rotate(x: torch.Tensor) -> torch.Tensor:  # TransformerLens wants (batch, pos, head, d_head)
+            x = attn.apply_rotary(x.permute(0, 2, 3, 1, 4).flatten(0, 1), 0, None)
+            return x.unflatten(0, (n_circuits, batch)).permute(0, 3, 1, 2, 4)
+        q, k = rotate(q), rotate(k)
+    scores = (q @ k.transpose(-1, -2)) / attn.attn_scale  # (circuit, head, batch, query, key)
     if model.cfg.attention_dir == "causal":
-        n_pos = scores.shape[-1]
         future = torch.ones(n_pos, n_pos, dtype=torch.bool, device=scores.device).triu(1)
         scores = scores.masked_fill(future, float("-inf"))
-    pattern = torch.softmax(scores, dim=-1)
-    z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
-    return torch.einsum("bqhe,hem->hbqm", z, attn.W_O)
+    z = torch.softmax(scores, dim=-1) @ v  # (circuit, head, batch, pos, d_head)
+    return (z.flatten(2, 3) @ attn.W_O).view(n_circuits, n_heads, batch, n_pos, d_model)
 
 
 def patched_forward(
@@ -108,59 +159,68 @@ def patched_forward(
     ablated: torch.Tensor,
     mask: torch.Tensor,
     *,
-    return_sources: bool = False,
+    return_deltas: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The low-level engine: run ``n_circuit`` masked circuits over one batch.
 
     tokens:  (batch, pos) token ids.
     ablated: (source, batch or 1, pos or 1, d_model) what each source delivers along an ablated edge.
     mask:    (circuit, source, dest) or (circuit, source, dest, pos), see ``Graph.edges_to_mask``.
-    Returns logits (circuit, batch, pos, vocab); with ``return_sources`` also every source's output
-    (source, circuit, batch, pos, d_model).  Differentiable in ``mask`` (and ``ablated``).
+    Returns logits (circuit, batch, pos, vocab); with ``return_deltas`` also every source's output
+    minus its ablated value (circuit, source, batch, pos, d_model).  Differentiable in ``mask``.
     """
     cfg = model.cfg
     n_circuits = mask.shape[0]
+    # q/k/v-major destination order inside each layer, so the mixed inputs come out as (3, head)
+    order = _qkv_major_order(graph, mask.device)
+    mask = mask.index_select(2, order)
     inputs, shortformer_pos = _input_outputs(model, graph, tokens)
-    inputs = inputs.unsqueeze(1).expand(-1, n_circuits, -1, -1, -1)  # (source, circuit, batch, pos, d_model)
-    ablated = ablated.to(inputs.dtype).unsqueeze(1)  # (source, 1, batch|1, pos|1, d_model)
+    batch, n_pos = tokens.shape
+    ablated = ablated.to(inputs.dtype)
+    track_grad = torch.is_grad_enabled() and (mask.requires_grad or ablated.requires_grad)
 
-    outputs = [inputs]  # per-layer blocks of source outputs, in source order
-    deltas = [inputs - ablated[: graph.n_inputs]]
-    # constant part of every destination's input: ablated values of upstream sources + b_O so far
-    base = ablated[: graph.n_inputs].sum(0)
-    n_up = graph.n_inputs
-
-    def destination_inputs(dest: slice | int) -> torch.Tensor:
-        dest = dest if isinstance(dest, slice) else slice(dest, dest + 1)
-        delta = torch.cat(deltas) if len(deltas) > 1 else deltas[0]
-        return base + _mix(mask[:, :n_up, dest], delta)
+    first = (inputs - ablated[: graph.n_inputs]).unsqueeze(0).expand(n_circuits, -1, -1, -1, -1)
+    deltas = _SourceDeltas(first, graph.n_sources, track_grad)
+    # the part of every destination's input that no mask touches: ablated values upstream + b_O
+    base = ablated[: graph.n_inputs].sum(0, keepdim=True)
+    if shortformer_pos is not None:
+        shortformer_pos = shortformer_pos.repeat(n_circuits, 1, 1).view(n_circuits, batch, n_pos, -1)
 
     for layer in range(cfg.n_layers):
-        qkv_in = destination_inputs(graph.attention_destinations(layer))  # (3*head, circuit, batch, pos, d_model)
-        qkv_in = qkv_in.flatten(1, 2).unflatten(0, (cfg.n_heads, 3))  # (head, 3, circuit*batch, pos, d_model)
-        pos_for_qk = None if shortformer_pos is None else shortformer_pos.repeat(n_circuits, 1, 1)
-        heads = _attention(model, layer, qkv_in, pos_for_qk).unflatten(1, (n_circuits, -1))
-        layer_abl = ablated[graph.layer_sources(layer)]
-        head_abl = layer_abl[: cfg.n_heads]
-        outputs.append(heads)
-        deltas.append(heads - head_abl)
-        base = base + head_abl.sum(0) + model.blocks[layer].attn.b_O
-        n_up += cfg.n_heads
+        n_up = deltas.size
+        qkv = graph.attention_destinations(layer)
+        qkv_in = _mix(mask[:, :n_up, qkv], deltas.stacked(), base)
+        qkv_in = qkv_in.view(n_circuits, 3, cfg.n_heads, batch, n_pos, cfg.d_model)
+        heads = _attention(model, layer, qkv_in, shortformer_pos)
+        layer_ablated = ablated[graph.layer_sources(layer)]
+        deltas.append(heads, layer_ablated[: cfg.n_heads])
+        base = base + layer_ablated[: cfg.n_heads].sum(0, keepdim=True) + model.blocks[layer].attn.b_O
         if not cfg.attn_only:
-            mlp_in = destination_inputs(graph.mlp_destination(layer))[0].flatten(0, 1)  # (circuit*batch, pos, d_model)
+            n_up = deltas.size
+            dest = graph.mlp_destination(layer)
+            mlp_in = _mix(mask[:, :n_up, dest : dest + 1], deltas.stacked(), base)
             block = model.blocks[layer]
-            mlp_out = block.mlp(block.ln2(mlp_in)).unflatten(0, (n_circuits, -1)).unsqueeze(0)
-            outputs.append(mlp_out)
-            deltas.append(mlp_out - layer_abl[cfg.n_heads :])
-            base = base + layer_abl[cfg.n_heads :].sum(0)
-            n_up += 1
+            mlp_out = block.mlp(_normalize(model, block.ln2, mlp_in.view(n_circuits * batch, n_pos, -1)))
+            mlp_out = mlp_out.view(n_circuits, 1, batch, n_pos, -1)
+            deltas.append(mlp_out, layer_ablated[cfg.n_heads :])
+            base = base + layer_ablated[cfg.n_heads :].sum(0, keepdim=True)
 
-    final = destination_inputs(graph.n_destinations - 1)[0]
-    logits = model.unembed(model.ln_final(final.flatten(0, 1)) if cfg.normalization_type else final.flatten(0, 1))
-    logits = logits.unflatten(0, (n_circuits, -1))
-    if return_sources:
-        return logits, torch.cat(outputs)
+    final = _mix(mask[:, :, -1:], deltas.stacked(), base).view(n_circuits * batch, n_pos, -1)
+    final = _normalize(model, getattr(model, "ln_final", None), final)
+    logits = model.unembed(final).view(n_circuits, batch, n_pos, -1)
+    if return_deltas:
+        return logits, deltas.stacked()
     return logits
+
+
+def _qkv_major_order(graph: Graph, device: torch.device) -> torch.Tensor:
+    """A permutation of destinations that lists each layer's q inputs, then k, then v."""
+    order = list(range(graph.n_destinations))
+    for layer in range(graph.n_layers):
+        span = graph.attention_destinations(layer)
+        head_major = order[span]
+        order[span] = head_major[0::3] + head_major[1::3] + head_major[2::3]
+    return torch.tensor(order, device=device)
 
 
 # ---- the interface the rest of the project uses ----------------------------------------------
@@ -171,9 +231,9 @@ def source_outputs(model: HookedTransformer, graph: Graph, tokens: torch.Tensor)
     check_model(model, graph)
     zero = torch.zeros(graph.n_sources, 1, 1, model.cfg.d_model, dtype=model.cfg.dtype, device=tokens.device)
     mask = torch.ones(1, graph.n_sources, graph.n_destinations, dtype=model.cfg.dtype, device=tokens.device)
-    with torch.no_grad():
-        _, outputs = patched_forward(model, graph, tokens, zero, mask, return_sources=True)
-    return outputs[:, 0]
+    with torch.no_grad():  # zero ablation: source output minus ablated value is the output itself
+        _, outputs = patched_forward(model, graph, tokens, zero, mask, return_deltas=True)
+    return outputs[0].clone()
 
 
 def ablation_values(
