@@ -1,0 +1,47 @@
+# The two commands of the README:
+#   make run    set everything up and run the default pipeline (dvc repro)
+#   make test   set everything up and run the tests
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE = 1
+export PREFECT_SERVER_ANALYTICS_ENABLED = false
+export DVC_NO_ANALYTICS = 1
+export MLFLOW_DISABLE_TELEMETRY = true
+
+.PHONY: setup run run-flow test test-fast bench ui clean
+
+setup: $(VENV)/.installed
+
+# torch goes in first, by exact version: pip then takes the CPU wheel on this machine's disk,
+# where a plain `torch` requirement would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# The default pipeline through DVC, all stages sharing one local Prefect server.
+run: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m flows.local_server $(BIN)/dvc repro
+
+# The same DAG as one Prefect flow, without DVC.
+run-flow: setup
+	$(BIN)/circuitflow run
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python benchmarks/bench_patching.py
+	$(BIN)/python benchmarks/bench_store.py
+
+ui: setup
+	$(BIN)/circuitflow ui
+
+clean:
+	rm -rf data mlflow.db mlruns .dvc/cache .dvc/tmp
