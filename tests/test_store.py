@@ -47,7 +47,7 @@ def _written(tmp_path: Path, shape=(6, 5, 4, 3), dtype=torch.float32, name="cach
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 2, 5, 7), (21, 8, 12, 16), (2, 13, 1, 17), (5, 1, 3, 1)])
 def test_round_trip_is_identical(tmp_path, dtype, shape):
     x = _activations(shape, dtype)
-    # Values a lossy path would mangle: signed zero, infinities, NaN payload, subnormals.
+    # Values a lossy path would mangle: signed zero, infinities, NaN, a subnormal.
     flat = x.view(-1)
     specials = [-0.0, float("inf"), -float("inf"), float("nan"), torch.finfo(dtype).tiny / 4]
     specials = torch.tensor(specials, dtype=dtype)
@@ -186,11 +186,12 @@ def test_select_examples_with_repeats(tmp_path):
         ({"examples": [5]}, r"0\.\.4"),
         ({"examples": [-1]}, r"0\.\.4"),
         ({"examples": [0.5]}, "integers"),
+        ({"sources": "blocks.0.hook_out"}, "not the string"),
     ],
 )
 def test_bad_selection_is_a_clear_error(tmp_path, kwargs, match):
     path, _ = _written(tmp_path)
-    with pytest.raises(ValueError, match=match) as raised:
+    with pytest.raises((ValueError, TypeError), match=match) as raised:
         read_activations(path, **kwargs)
     assert not isinstance(raised.value, CacheFileError)
 
@@ -305,6 +306,7 @@ def test_missing_file(tmp_path):
         (torch.zeros(2, 3, 4, 5), ["a", "a"], None, ValueError),
         (torch.zeros(2, 3, 4, 5), ["a", ""], None, TypeError),
         (torch.zeros(2, 3, 4, 5), ["a", "b"], {"n": 3}, TypeError),
+        (torch.zeros(2, 3, 4, 5), "ab", None, TypeError),
         (np.zeros((2, 3, 4, 5)), ["a", "b"], None, TypeError),
     ],
 )
