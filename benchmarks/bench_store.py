@@ -7,9 +7,7 @@ For each shape (source, batch, pos, d_model), float32, it times
 * ours: ``write_activations`` / ``read_activations`` (read gives a fresh torch tensor);
 * pyarrow: ``pyarrow.parquet.write_table`` / ``read_table`` of the same array as ONE uncompressed
   ``FixedSizeList<float32>`` column with pyarrow's other defaults (read stops at the Arrow table);
-* numpy: ``numpy.save`` / ``numpy.load``, for context;
-* ours without fsync: ``write_activations`` with its flushing to disk stubbed out, to show what
-  durability costs (pyarrow and numpy above do not fsync).
+* numpy: ``numpy.save`` / ``numpy.load``, for context.
 
 Throughput is MB (10^6 bytes of activations) per second, from the median of ``--repeats`` runs;
 the methods take turns within each repeat so that drifts in disk or CPU speed hit all alike, and
@@ -20,7 +18,6 @@ The target is ours/pyarrow >= 0.7 for both write and read.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -29,7 +26,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pyarrow as pa
@@ -52,7 +48,7 @@ def _median_seconds(functions: dict[str, Callable[[], object]], repeats: int) ->
     for _ in range(repeats):
         for name, function in functions.items():
             # Untimed: write back every dirty page first, so that no method pays for the disk
-            # writes another method left behind (the methods that do not fsync leave plenty).
+            # writes another method left behind.
             os.sync()
             start = time.perf_counter()
             function()
@@ -65,25 +61,17 @@ def bench_shape(label: str, shape: tuple[int, int, int, int], repeats: int, dire
     array = activations.numpy()
     sources = [f"source.{i}" for i in range(shape[0])]
     megabytes = array.nbytes / 1e6
-    names = ("ours.parquet", "pa.parquet", "npy", "nosync.parquet")
-    ours, baseline, npy, unsynced = (directory / f"{label}.{name}" for name in names)
+    names = ("ours.parquet", "pa.parquet", "npy")
+    ours, baseline, npy = (directory / f"{label}.{name}" for name in names)
 
     def pyarrow_write() -> None:
         values = pa.array(array.reshape(-1))
         column = pa.FixedSizeListArray.from_arrays(values, shape[2] * shape[3])
         pq.write_table(pa.table({"activation": column}), baseline, compression="none", use_dictionary=False)
 
-    def ours_write_nosync() -> None:
-        with (
-            mock.patch.object(store, "_flushed_to_disk", lambda path: contextlib.nullcontext()),
-            mock.patch.object(store, "_fsync", lambda path: None),
-        ):
-            store.write_activations(unsynced, activations, sources)
-
     seconds = _median_seconds(
         {
             "ours write": lambda: store.write_activations(ours, activations, sources),
-            "ours write (no fsync)": ours_write_nosync,
             "pyarrow write": pyarrow_write,
             "numpy write": lambda: np.save(npy, array),
             "ours read": lambda: store.read_activations(ours),
@@ -104,27 +92,27 @@ def bench_shape(label: str, shape: tuple[int, int, int, int], repeats: int, dire
         "repeats": repeats,
         "mb_per_s": {name: round(value, 1) for name, value in mbps.items()},
         "ratio_write": round(mbps["ours write"] / mbps["pyarrow write"], 3),
-        "ratio_write_no_fsync": round(mbps["ours write (no fsync)"] / mbps["pyarrow write"], 3),
         "ratio_read": round(mbps["ours read"] / mbps["pyarrow read"], 3),
         "file_bytes": {"ours": ours.stat().st_size, "pyarrow": baseline.stat().st_size},
     }
 
 
 def _print_table(results: list[dict]) -> None:
-    columns = ("ours", "ours*", "pyarrow", "numpy", "ours/pa")
-    print(f"{'case':<6} {'shape':<18} {'MB':>7}  {'op':<6} " + " ".join(f"{c:>8}" for c in columns))
+    columns = ("ours", "pyarrow", "numpy", "ours/pa")
+    print(f"{'case':<6} {'shape':<16} {'MB':>6}  {'op':<6}" + "".join(f"{c:>9}" for c in columns))
     for result in results:
         mbps = result["mb_per_s"]
         shape = "x".join(map(str, result["shape"]))
         for op in ("write", "read"):
-            nosync = f"{mbps['ours write (no fsync)']:8.0f}" if op == "write" else f"{'':>8}"
             ratio = result[f"ratio_{op}"]
+            cells = [mbps[f"ours {op}"], mbps[f"pyarrow {op}"], mbps[f"numpy {op}"]]
+            text = "".join(f"{c:9.0f}" for c in cells) + f"{ratio:9.2f}"
             flag = "" if ratio >= TARGET else "  < target"
-            print(
-                f"{result['case']:<6} {shape:<18} {result['megabytes']:>7.1f}  {op:<6} {mbps[f'ours {op}']:8.0f} {nosync} "
-                f"{mbps[f'pyarrow {op}']:8.0f} {mbps[f'numpy {op}']:8.0f} {ratio:8.2f}{flag}"
-            )
-    print(f"MB/s, median; ours* = ours without fsync; target ours/pyarrow >= {TARGET}")
+            print(f"{result['case']:<6} {shape:<16} {result['megabytes']:>6.1f}  {op:<6}{text}{flag}")
+    print(
+        f"MB/s (10^6 bytes of activations per second), median; "
+        f"target ours/pyarrow >= {TARGET}; load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     _print_table(results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        report = {"torch_threads": torch.get_num_threads(), "results": results}
+        report = {"load_average_1min": os.getloadavg()[0], "cpus": os.cpu_count(), "results": results}
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

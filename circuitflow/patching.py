@@ -73,6 +73,11 @@ def _normalize(model: HookedTransformer, norm: torch.nn.Module, x: torch.Tensor)
     raise ValueError(f"Normalization {kind!r} is not supported by the patching engine.")
 
 
+def _centered(x: torch.Tensor) -> torch.Tensor:
+    """x minus its mean over the last (d_model) dimension."""
+    return x - x.mean(-1, keepdim=True)
+
+
 class _SourceDeltas:
     """The growing (circuit, source, batch, pos, d_model) stack of source output minus ablated value.
 
@@ -80,8 +85,10 @@ class _SourceDeltas:
     with autograd they are concatenated, since in-place writes would break the backward pass.
     """
 
-    def __init__(self, first: torch.Tensor, n_sources: int, track_grad: bool):
+    def __init__(self, first: torch.Tensor, n_sources: int, track_grad: bool, center: bool):
         self.track_grad = track_grad
+        self.center = center
+        first = _centered(first) if center else first
         self.blocks = [first]
         self.size = first.shape[1]
         if not track_grad:
@@ -92,9 +99,13 @@ class _SourceDeltas:
         """Add a block of sources: outputs (circuit, n, batch, pos, d_model), ablated (n, batch|1, pos|1, d_model)."""
         n = outputs.shape[1]
         if self.track_grad:
-            self.blocks.append(outputs - ablated)
+            delta = outputs - ablated
+            self.blocks.append(_centered(delta) if self.center else delta)
         else:
-            torch.sub(outputs, ablated, out=self.buffer[:, self.size : self.size + n])
+            block = self.buffer[:, self.size : self.size + n]
+            torch.sub(outputs, ablated, out=block)
+            if self.center:
+                block.sub_(block.mean(-1, keepdim=True))
         self.size += n
 
     def stacked(self) -> torch.Tensor:
@@ -122,23 +133,35 @@ def _mix(mask: torch.Tensor, deltas: torch.Tensor, base: torch.Tensor) -> torch.
 
 
 def _attention(
-    model: HookedTransformer, layer: int, qkv_in: torch.Tensor, shortformer_pos: torch.Tensor | None
+    model: HookedTransformer, layer: int, qkv_in: torch.Tensor, shortformer_pos: torch.Tensor | None, centered: bool
 ) -> torch.Tensor:
     """One attention layer with a separate input per head and per q/k/v.
 
-    qkv_in: (circuit, 3, head, batch, pos, d_model) residual inputs (before LayerNorm), q/k/v-major.
+    qkv_in: (circuit, 3, head, batch, pos, d_model) residual inputs (before LayerNorm), q/k/v-major;
+    ``centered``: they are already centred over d_model (the LayerNorm models' fast path).
     Returns the per-head outputs z @ W_O, (circuit, head, batch, pos, d_model), without b_O.
     """
     block = model.blocks[layer]
     attn = block.attn
     n_circuits, _, n_heads, batch, n_pos, d_model = qkv_in.shape
-    normed = _normalize(model, block.ln1, qkv_in)
-    if shortformer_pos is not None:
-        normed = torch.cat([normed[:, :2] + shortformer_pos[:, None], normed[:, 2:]], dim=1)
-    rows = normed.view(n_circuits, 3, n_heads, batch * n_pos, d_model)
     weights = torch.stack([attn.W_Q, attn.W_K, attn.W_V])  # (3, head, d_model, d_head)
     biases = torch.stack([attn.b_Q, attn.b_K, attn.b_V])[:, :, None]  # (3, head, 1, d_head)
-    q, k, v = torch.matmul(rows, weights).add_(biases).view(n_circuits, 3, n_heads, batch, n_pos, -1).unbind(1)
+    rows = qkv_in.view(n_circuits, 3, n_heads, batch * n_pos, d_model)
+    if shortformer_pos is not None:  # added after LayerNorm to the query and key inputs only
+        pos = shortformer_pos.reshape(n_circuits, 1, 1, batch * n_pos, d_model) @ weights[:2]
+        biases = biases + torch.cat([pos, torch.zeros_like(pos[:, :1])], dim=1)
+    if centered:
+        # LayerNorm folded into the projection: the inputs arrive centred, so
+        # LN(x) W = (x / sigma) (w * W) + b W, and 1/sigma scales the d_head-wide output instead of
+        # the d_model-wide input.  Saves a full pass over the (3 * head)-fold expanded inputs.
+        scale = torch.rsqrt(torch.linalg.vector_norm(rows, dim=-1, keepdim=True) ** 2 / d_model + model.cfg.eps)
+        if model.cfg.normalization_type == "LN":
+            biases = biases + torch.einsum("m,shme->she", block.ln1.b, weights)[:, :, None]
+            weights = block.ln1.w[:, None] * weights
+        projected = torch.matmul(rows, weights) * scale + biases
+    else:
+        projected = torch.matmul(_normalize(model, block.ln1, rows), weights).add_(biases)
+    q, k, v = projected.view(n_circuits, 3, n_heads, batch, n_pos, -1).unbind(1)
     if model.cfg.positional_embedding_type == "rotary":
         def rotate(x: torch.Tensor) -> torch.Tensor:  # TransformerLens wants (batch, pos, head, d_head)
             x = attn.apply_rotary(x.permute(0, 2, 3, 1, 4).flatten(0, 1), 0, None)
@@ -177,10 +200,13 @@ def patched_forward(
     inputs, shortformer_pos = _input_outputs(model, graph, tokens)
     batch, n_pos = tokens.shape
     ablated = ablated.to(inputs.dtype)
-    track_grad = torch.is_grad_enabled() and (mask.requires_grad or ablated.requires_grad)
+    track_grad = torch.is_grad_enabled()  # in-place writes into one buffer only without autograd
 
+    # LayerNorm ignores the mean of its input, so with LN every delta and the base can be stored
+    # centred: the mixed inputs then arrive centred and attention folds LN into its projection.
+    center = cfg.normalization_type in ("LN", "LNPre") and not return_deltas
     first = (inputs - ablated[: graph.n_inputs]).unsqueeze(0).expand(n_circuits, -1, -1, -1, -1)
-    deltas = _SourceDeltas(first, graph.n_sources, track_grad)
+    deltas = _SourceDeltas(first, graph.n_sources, track_grad, center)
     # the part of every destination's input that no mask touches: ablated values upstream + b_O
     base = ablated[: graph.n_inputs].sum(0, keepdim=True)
     if shortformer_pos is not None:
@@ -189,9 +215,9 @@ def patched_forward(
     for layer in range(cfg.n_layers):
         n_up = deltas.size
         qkv = graph.attention_destinations(layer)
-        qkv_in = _mix(mask[:, :n_up, qkv], deltas.stacked(), base)
+        qkv_in = _mix(mask[:, :n_up, qkv], deltas.stacked(), _centered(base) if center else base)
         qkv_in = qkv_in.view(n_circuits, 3, cfg.n_heads, batch, n_pos, cfg.d_model)
-        heads = _attention(model, layer, qkv_in, shortformer_pos)
+        heads = _attention(model, layer, qkv_in, shortformer_pos, center)
         layer_ablated = ablated[graph.layer_sources(layer)]
         deltas.append(heads, layer_ablated[: cfg.n_heads])
         base = base + layer_ablated[: cfg.n_heads].sum(0, keepdim=True) + model.blocks[layer].attn.b_O
@@ -273,6 +299,8 @@ def run_circuits(
     tokens: torch.Tensor,
     ablated: torch.Tensor,
     edge_masks: torch.Tensor,
+    *,
+    circuits_per_pass: int = 8,
 ) -> torch.Tensor:
     """Logits of circuits given as per-edge masks (1 = keep, 0 = ablate; values between interpolate).
 
@@ -289,7 +317,12 @@ def run_circuits(
         raise ValueError(
             f"The graph has per-position edges for {graph.n_positions} positions but the inputs have {tokens.shape[1]}."
         )
-    logits = patched_forward(model, graph, tokens, ablated, dense)
+    # A few circuits per pass keep the (circuit x 3 x head)-fold q/k/v inputs in cache: measured
+    # faster per circuit than one pass over all of them (benchmarks/bench_patching.py).
+    logits = torch.cat([
+        patched_forward(model, graph, tokens, ablated, dense[start : start + circuits_per_pass])
+        for start in range(0, dense.shape[0], circuits_per_pass)
+    ])
     return logits[0] if single else logits
 
 

@@ -36,9 +36,9 @@ Schema metadata: key ``circuitflow.activations``, a JSON object with sorted keys
     {"dtype": "float32", "format": 1, "metadata": {...user's str -> str...},
      "shape": [source, batch, pos, d_model], "sources": ["name of source 0", ...]}
 
-Writing is atomic and durable: the file is written under a temporary name in the same directory,
-flushed to disk (while being written, so the flush costs little extra time), then renamed over the
-target; an interrupted write or a crash leaves the old file or none, never half of a new one.
+Writing is atomic (``circuitflow.io.write_atomic``): the file is written under a temporary name in
+the same directory, then renamed over the target; an interrupted write leaves the old file or none,
+never half of a new one.
 
 No timestamps or host names are stored: writing the same tensor twice gives byte-identical files
 (DESIGN.md, determinism), given the same pyarrow version (Parquet records its writer's version).
@@ -53,10 +53,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -65,6 +62,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
+from circuitflow.io import write_atomic
 
 __all__ = [
     "ActivationTable",
@@ -172,6 +171,8 @@ def write_activations(
             f"got {tuple(activations.shape)}"
         )
     n_sources, batch, pos, d_model = (int(n) for n in activations.shape)
+    if isinstance(sources, str):
+        raise TypeError(f"sources must be a list of source names, not the string {sources!r}")
     sources = list(sources)
     _check_sources(sources, n_sources)
     metadata = dict(metadata or {})
@@ -192,7 +193,7 @@ def write_activations(
     groups_per_source = -(-batch * pos * d_model * activations.element_size() // _ROW_GROUP_BYTES)
     rows_per_group = -(-batch // groups_per_source)
     if rows_per_group == batch:  # the usual case: one row group per source, in one call
-        _atomic_write(path, lambda tmp: pq.write_table(table, tmp, row_group_size=batch, **_WRITE_OPTIONS))
+        write_atomic(path, lambda tmp: pq.write_table(table, str(tmp), row_group_size=batch, **_WRITE_OPTIONS))
     else:
         _write_split(path, table, batch, rows_per_group)
 
@@ -227,68 +228,7 @@ def _write_split(path: Path, table: pa.Table, batch: int, rows_per_group: int) -
             for start in range(0, table.num_rows, batch):
                 writer.write_table(table.slice(start, batch), row_group_size=rows_per_group)
 
-    _atomic_write(path, write)
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Run ``write(temporary_path)``, make the file durable, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A random suffix, and exclusive creation, so that two writers of the same path never share a
-    # temporary file; the leading dot keeps it out of globs while it exists.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    tmp.open("xb").close()
-    try:
-        with _flushed_to_disk(tmp):
-            write(str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if os.name == "posix":  # make the rename itself durable (directories cannot be opened on Windows)
-        _fsync(path.parent)
-
-
-@contextmanager
-def _flushed_to_disk(path: Path) -> Iterator[None]:
-    """Flush ``path`` to disk while the body writes it, and fsync it when the body succeeds.
-
-    A plain fsync at the end costs about as long again as encoding the file (measured: write
-    throughput halves). Asking the kernel to write dirty pages back every few milliseconds from a
-    second thread (fdatasync releases the GIL) overlaps the disk's work with the encoder's, so the
-    final fsync has little left to do.
-    """
-    fd = os.open(path, os.O_RDWR)
-    stop = threading.Event()
-
-    def flush() -> None:
-        try:
-            while not stop.wait(_FLUSH_INTERVAL_S):
-                _fdatasync(fd)
-        except OSError:
-            pass  # the final fsync below reports a disk that cannot be written
-
-    flusher = threading.Thread(target=flush, name="circuitflow-store-flush", daemon=True)
-    flusher.start()
-    try:
-        yield
-        stop.set()
-        os.fsync(fd)  # concurrently with the flusher's last fdatasync, if one is under way
-    finally:
-        stop.set()
-        flusher.join()
-        os.close(fd)
-
-
-_FLUSH_INTERVAL_S = 0.002
-_fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, lambda tmp: write(str(tmp)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,6 +293,8 @@ def _read_open(
         source_ids = np.arange(n_sources, dtype=np.int64)
         sources = all_sources
     else:
+        if isinstance(sources, str):
+            raise TypeError(f"sources must be a list of source names, not the string {sources!r}")
         sources = list(sources)
         source_ids = _select_sources(path, sources, all_sources)
     if examples is None:

@@ -337,22 +337,6 @@ def test_interrupted_write_keeps_old_file_and_leaves_no_temporary(tmp_path, monk
     assert [p.name for p in tmp_path.iterdir()] == ["cache.parquet"]
 
 
-def test_write_fsyncs_the_complete_file_before_renaming(tmp_path, monkeypatch):
-    synced: list[tuple[int, int, bool]] = []  # (inode, size, already renamed?)
-    real_fsync = os.fsync
-    path = tmp_path / "cache.parquet"
-
-    def spy(fd):
-        stat = os.fstat(fd)
-        synced.append((stat.st_ino, stat.st_size, path.exists()))
-        return real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
-    write_activations(path, _activations((3, 4, 5, 6)), _names(3))
-    final = path.stat()
-    assert (final.st_ino, final.st_size, False) in synced
-
-
 def test_write_creates_parent_directories(tmp_path):
     path, x = _written(tmp_path, name="deep/er/cache.parquet")
     assert torch.equal(read_activations(path).activations, x)
