@@ -77,17 +77,7 @@ class Graph:
     ) -> "Graph":
         """The graph of a TransformerLens model configuration; architectures the patching engine
         cannot run (parallel attention+MLP, grouped-query attention, post-norm) are refused here."""
-        if cfg.parallel_attn_mlp:
-            raise ValueError("Parallel attention+MLP blocks (GPT-J, NeoX) are not supported: edges there are not additive.")
-        if cfg.n_key_value_heads is not None and cfg.n_key_value_heads != cfg.n_heads:
-            raise ValueError("Grouped-query attention is not supported; set ungroup_grouped_query_attention or use another model.")
-        if cfg.positional_embedding_type not in SUPPORTED_POSITIONAL_EMBEDDINGS:
-            raise ValueError(
-                f"Positional embedding {cfg.positional_embedding_type!r} is not supported; "
-                f"supported: {', '.join(SUPPORTED_POSITIONAL_EMBEDDINGS)}."
-            )
-        if split_input and cfg.positional_embedding_type != "standard":
-            raise ValueError("split_input=True needs standard positional embeddings (a separate pos_embed source).")
+        check_supported(cfg, split_input=split_input)
         return cls(
             n_layers=cfg.n_layers,
             n_heads=cfg.n_heads,
@@ -232,3 +222,19 @@ class Graph:
             "qkv_direct_edges": self.qkv_direct_edges,
             "n_positions": self.n_positions,
         }
+
+
+def check_supported(cfg: HookedTransformerConfig, *, split_input: bool = False) -> None:
+    """Refuse architectures the patching engine cannot run (parallel attention+MLP, grouped-query
+    attention, other positional embeddings), with one sentence saying why."""
+    if cfg.parallel_attn_mlp:
+        raise ValueError("Parallel attention+MLP blocks (GPT-J, NeoX) are not supported: edges there are not additive.")
+    if cfg.n_key_value_heads is not None and cfg.n_key_value_heads != cfg.n_heads:
+        raise ValueError("Grouped-query attention is not supported; set ungroup_grouped_query_attention or use another model.")
+    if cfg.positional_embedding_type not in SUPPORTED_POSITIONAL_EMBEDDINGS:
+        raise ValueError(
+            f"Positional embedding {cfg.positional_embedding_type!r} is not supported; "
+            f"supported: {', '.join(SUPPORTED_POSITIONAL_EMBEDDINGS)}."
+        )
+    if split_input and cfg.positional_embedding_type != "standard":
+        raise ValueError("split_input=True needs standard positional embeddings (a separate pos_embed source).")

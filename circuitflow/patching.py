@@ -20,13 +20,14 @@ Dimension names used throughout: source, dest, circuit, batch, pos, d_model, hea
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
-from circuitflow.graph import Graph
+from circuitflow.graph import Graph, check_supported
 
 Ablation = Literal["zero", "mean", "resample"]
 ABLATIONS: tuple[str, ...] = ("zero", "mean", "resample")
@@ -41,7 +42,7 @@ def check_model(model: HookedTransformer, graph: Graph) -> None:
             f"does not belong to this model ({cfg.n_layers} layers, {cfg.n_heads} heads, attn_only={cfg.attn_only}); "
             "build it with Graph.from_config(model.cfg)."
         )
-    Graph.from_config(cfg, split_input=graph.split_input)  # refuses unsupported architectures
+    check_supported(cfg, split_input=graph.split_input)
 
 
 def _input_outputs(model: HookedTransformer, graph: Graph, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -85,10 +86,8 @@ class _SourceDeltas:
     with autograd they are concatenated, since in-place writes would break the backward pass.
     """
 
-    def __init__(self, first: torch.Tensor, n_sources: int, track_grad: bool, center: bool):
+    def __init__(self, first: torch.Tensor, n_sources: int, track_grad: bool):
         self.track_grad = track_grad
-        self.center = center
-        first = _centered(first) if center else first
         self.blocks = [first]
         self.size = first.shape[1]
         if not track_grad:
@@ -99,13 +98,9 @@ class _SourceDeltas:
         """Add a block of sources: outputs (circuit, n, batch, pos, d_model), ablated (n, batch|1, pos|1, d_model)."""
         n = outputs.shape[1]
         if self.track_grad:
-            delta = outputs - ablated
-            self.blocks.append(_centered(delta) if self.center else delta)
+            self.blocks.append(outputs - ablated)
         else:
-            block = self.buffer[:, self.size : self.size + n]
-            torch.sub(outputs, ablated, out=block)
-            if self.center:
-                block.sub_(block.mean(-1, keepdim=True))
+            torch.sub(outputs, ablated, out=self.buffer[:, self.size : self.size + n])
         self.size += n
 
     def stacked(self) -> torch.Tensor:
@@ -172,7 +167,10 @@ def _attention(
         future = torch.ones(n_pos, n_pos, dtype=torch.bool, device=scores.device).triu(1)
         scores = scores.masked_fill(future, float("-inf"))
     z = torch.softmax(scores, dim=-1) @ v  # (circuit, head, batch, pos, d_head)
-    return (z.flatten(2, 3) @ attn.W_O).view(n_circuits, n_heads, batch, n_pos, d_model)
+    # Centred inputs downstream need centred outputs: fold the centring into W_O (a mean over d_model
+    # commutes with the projection), instead of a pass over the head-fold expanded outputs.
+    W_O = attn.W_O - attn.W_O.mean(-1, keepdim=True) if centered else attn.W_O
+    return (z.flatten(2, 3) @ W_O).view(n_circuits, n_heads, batch, n_pos, d_model)
 
 
 def patched_forward(
@@ -205,8 +203,10 @@ def patched_forward(
     # LayerNorm ignores the mean of its input, so with LN every delta and the base can be stored
     # centred: the mixed inputs then arrive centred and attention folds LN into its projection.
     center = cfg.normalization_type in ("LN", "LNPre") and not return_deltas
+    if center:
+        inputs, ablated = _centered(inputs), _centered(ablated)
     first = (inputs - ablated[: graph.n_inputs]).unsqueeze(0).expand(n_circuits, -1, -1, -1, -1)
-    deltas = _SourceDeltas(first, graph.n_sources, track_grad, center)
+    deltas = _SourceDeltas(first, graph.n_sources, track_grad)
     # the part of every destination's input that no mask touches: ablated values upstream + b_O
     base = ablated[: graph.n_inputs].sum(0, keepdim=True)
     if shortformer_pos is not None:
@@ -215,12 +215,13 @@ def patched_forward(
     for layer in range(cfg.n_layers):
         n_up = deltas.size
         qkv = graph.attention_destinations(layer)
-        qkv_in = _mix(mask[:, :n_up, qkv], deltas.stacked(), _centered(base) if center else base)
+        qkv_in = _mix(mask[:, :n_up, qkv], deltas.stacked(), base)
         qkv_in = qkv_in.view(n_circuits, 3, cfg.n_heads, batch, n_pos, cfg.d_model)
         heads = _attention(model, layer, qkv_in, shortformer_pos, center)
         layer_ablated = ablated[graph.layer_sources(layer)]
         deltas.append(heads, layer_ablated[: cfg.n_heads])
-        base = base + layer_ablated[: cfg.n_heads].sum(0, keepdim=True) + model.blocks[layer].attn.b_O
+        b_O = model.blocks[layer].attn.b_O
+        base = base + layer_ablated[: cfg.n_heads].sum(0, keepdim=True) + (b_O - b_O.mean() if center else b_O)
         if not cfg.attn_only:
             n_up = deltas.size
             dest = graph.mlp_destination(layer)
@@ -228,7 +229,7 @@ def patched_forward(
             block = model.blocks[layer]
             mlp_out = block.mlp(_normalize(model, block.ln2, mlp_in.view(n_circuits * batch, n_pos, -1)))
             mlp_out = mlp_out.view(n_circuits, 1, batch, n_pos, -1)
-            deltas.append(mlp_out, layer_ablated[cfg.n_heads :])
+            deltas.append(_centered(mlp_out) if center else mlp_out, layer_ablated[cfg.n_heads :])
             base = base + layer_ablated[cfg.n_heads :].sum(0, keepdim=True)
 
     final = _mix(mask[:, :, -1:], deltas.stacked(), base).view(n_circuits * batch, n_pos, -1)
@@ -239,6 +240,7 @@ def patched_forward(
     return logits
 
 
+@functools.lru_cache(maxsize=32)
 def _qkv_major_order(graph: Graph, device: torch.device) -> torch.Tensor:
     """A permutation of destinations that lists each layer's q inputs, then k, then v."""
     order = list(range(graph.n_destinations))
