@@ -257,3 +257,26 @@ def test_score():
     assert behaviors.score("proportion", numeric + 1, numeric).tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="one shape"):
         behaviors.score("reverse", circuit[:, :3], model_logits)
+
+
+EMPTY_COMPONENTS = {"reverse": ("a1.0", "a2.0", "m3"), "frac_prevs": ("a0.0", "m1")}  # REFERENCE.md 4
+
+
+@pytest.mark.parametrize("ablation", ["zero", "resample"])
+def test_ablating_the_empty_parts_changes_nothing(built, ablation):
+    compiled, model, info, _ = built
+    graph = tracr.tracr_graph(model)
+    data = behaviors.make_dataset(BEHAVIOR[compiled.name], None, seed=0, info=info)
+    clean, corrupted = behaviors.tokens(data, "clean"), behaviors.tokens(data, "corrupted")
+    corrupted_outputs = source_outputs(model, graph, corrupted)
+    ablated = ablation_values(ablation, corrupted=corrupted_outputs, like=corrupted_outputs)
+    empty = EMPTY_COMPONENTS[compiled.name]
+    touches = lambda edge: any(end.split(".")[:2] == node.split(".") for end in edge.split(" -> ") for node in empty)
+    mask = torch.tensor([0.0 if touches(edge) else 1.0 for edge in graph.edge_names], dtype=torch.float64)
+    assert mask.sum() < graph.n_edges - 5  # many edges really are ablated
+    change = (run_circuits(model, graph, clean, ablated, mask) - model(clean)).abs().max()
+    assert change < 1e-9
+    # ...while ablating a used component does change the output
+    last_head = f"a{model.cfg.n_layers - 1}.0 -> "
+    used = torch.tensor([0.0 if edge.startswith(last_head) else 1.0 for edge in graph.edge_names], dtype=torch.float64)
+    assert (run_circuits(model, graph, clean, ablated, used) - model(clean)).abs().max() > 0.1
