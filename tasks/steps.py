@@ -22,35 +22,15 @@ def _run_step(stage: str, key: str | None, params_path: str, parent_run: str | N
     return result.metrics
 
 
-# DVC already skips up-to-date stages, so Prefect's own result caching stays off.
-@task(name="models", cache_policy=NO_CACHE)
-def build_model(model: str, params_path: str = "params.yaml", parent_run: str | None = None) -> dict[str, float]:
-    return _run_step("models", model, params_path, parent_run)
+def _step_task(stage: str):
+    """The Prefect task of one stage: (key, params path, parent MLflow run) -> metrics.
+    DVC already skips up-to-date stages, so Prefect's own result caching stays off."""
+
+    def run(key: str | None, params_path: str = "params.yaml", parent_run: str | None = None) -> dict[str, float]:
+        return _run_step(stage, key, params_path, parent_run)
+
+    run.__name__ = run.__qualname__ = stage
+    return task(name=stage, cache_policy=NO_CACHE)(run)
 
 
-@task(name="generate", cache_policy=NO_CACHE)
-def generate(pair: str, params_path: str = "params.yaml", parent_run: str | None = None) -> dict[str, float]:
-    return _run_step("generate", pair, params_path, parent_run)
-
-
-@task(name="cache", cache_policy=NO_CACHE)
-def cache(pair: str, params_path: str = "params.yaml", parent_run: str | None = None) -> dict[str, float]:
-    return _run_step("cache", pair, params_path, parent_run)
-
-
-@task(name="discover", cache_policy=NO_CACHE)
-def discover(pair: str, params_path: str = "params.yaml", parent_run: str | None = None) -> dict[str, float]:
-    return _run_step("discover", pair, params_path, parent_run)
-
-
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(pair: str, params_path: str = "params.yaml", parent_run: str | None = None) -> dict[str, float]:
-    return _run_step("evaluate", pair, params_path, parent_run)
-
-
-@task(name="report", cache_policy=NO_CACHE)
-def report(params_path: str = "params.yaml", parent_run: str | None = None) -> dict[str, float]:
-    return _run_step("report", None, params_path, parent_run)
-
-
-STEP_TASKS = {"models": build_model, "generate": generate, "cache": cache, "discover": discover, "evaluate": evaluate, "report": report}
+STEP_TASKS = {stage: _step_task(stage) for stage in ("models", "generate", "cache", "discover", "evaluate", "report")}

@@ -95,3 +95,24 @@ def test_unknown_behavior_stops_dvc_repro_with_one_sentence(project):
         assert "Traceback" not in output
     finally:
         (root / "params.yaml").write_text(original)
+
+
+def test_circuitflow_run_is_the_same_dag_in_one_flow(project):
+    """`circuitflow run` (one Prefect flow, no DVC) writes the same bytes, and nests its MLflow runs."""
+    root, _ = project
+    run(project, "dvc", "repro")
+    before = digests(root)
+    run(project, "circuitflow", "run")
+    assert digests(root) == before
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("circuitflow")
+    runs = client.search_runs([experiment.experiment_id], max_results=500)
+    parents = [r for r in runs if r.info.run_name == "pipeline"]
+    assert parents
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert {r.info.run_name for r in children} >= {"models@tracr-reverse", "evaluate@tracr-proportion", "report"}
+    evaluate = next(r for r in children if r.info.run_name == "evaluate@tracr-proportion")
+    assert "eap_edge_auc_trapezoid" in evaluate.data.metrics and evaluate.data.tags["git_commit"]
