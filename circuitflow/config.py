@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from circuitflow.behaviors import BEHAVIORS
+from circuitflow.behaviors import get_behavior
 from circuitflow.discovery import METHODS
 from circuitflow.models import MODEL_KINDS
 from circuitflow.patching import ABLATIONS
@@ -94,10 +94,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             model in models,
             f"Pair {name!r} names unknown model {model!r}; known models: {', '.join(models)}.",
         )
-        _require(
-            behavior in BEHAVIORS,
-            f"Pair {name!r} names unknown behavior {behavior!r}; known behaviors: {', '.join(BEHAVIORS)}.",
-        )
+        _require(isinstance(behavior, str), f"Pair {name!r} needs a `behavior` name.")
+        try:
+            get_behavior(behavior)
+        except ValueError as error:
+            raise ConfigError(f"Pair {name!r} names {str(error)[0].lower()}{str(error)[1:]}") from None
         ablation = spec.get("ablation", "resample")
         _require(ablation in ABLATIONS, f"Pair {name!r} has unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}.")
         n_examples = spec.get("n_examples")

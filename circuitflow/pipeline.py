@@ -51,17 +51,9 @@ def _write_parquet(path: Path, frame: pl.DataFrame) -> None:
     write_atomic(path, lambda tmp: frame.write_parquet(tmp, compression="zstd", statistics=False))
 
 
-def _tokens(frame: pl.DataFrame, column: str) -> torch.Tensor:
-    return torch.tensor(np.array(frame[column].to_list(), dtype=np.int64))
-
-
-def _examples(frame: pl.DataFrame) -> dict[str, torch.Tensor]:
-    """The dataset's columns as tensors (lists become (n_examples, ...) tensors)."""
-    out = {}
-    for name in frame.columns:
-        values = frame[name].to_list()
-        out[name] = torch.tensor(np.array(values))
-    return out
+def _examples(pair_name: str, behavior, loaded: LoadedModel) -> dict[str, torch.Tensor]:
+    """The pair's dataset as tensors, tokenized for this model (``Behavior.encode``)."""
+    return behavior.encode(load_dataset(pair_name), loaded.tokenizer)
 
 
 # ---- models -------------------------------------------------------------------------------------
@@ -98,11 +90,11 @@ def cache(params: Params, pair_name: str) -> StepResult:
     """Every source's activations on the clean and corrupted inputs, and their means (Parquet)."""
     pair = params.pair(pair_name)
     loaded = load_model(config.model_dir(pair.model))
-    frame = load_dataset(pair_name)
+    examples = _examples(pair_name, get_behavior(pair.behavior), loaded)
     directory = _fresh_dir(config.cache_dir(pair_name))
     artifacts = []
     for split in ("clean", "corrupted"):
-        tokens = _tokens(frame, split)
+        tokens = examples[split]
         outputs = torch.cat([
             source_outputs(loaded.model, loaded.graph, tokens[i : i + pair.batch_size])
             for i in range(0, tokens.shape[0], pair.batch_size)
@@ -135,8 +127,7 @@ def discover(params: Params, pair_name: str) -> StepResult:
     pair = params.pair(pair_name)
     loaded = load_model(config.model_dir(pair.model))
     behavior = get_behavior(pair.behavior)
-    frame = load_dataset(pair_name)
-    examples = _examples(frame)
+    examples = _examples(pair_name, behavior, loaded)
     clean = examples["clean"]
     ablated = load_ablation(pair_name, pair.ablation, loaded)
     settings = params.section("discover")
@@ -187,7 +178,7 @@ def evaluate(params: Params, pair_name: str) -> StepResult:
     settings = params.section("evaluate")
     loaded = load_model(config.model_dir(pair.model))
     behavior = get_behavior(pair.behavior)
-    examples = _examples(load_dataset(pair_name))
+    examples = _examples(pair_name, behavior, loaded)
     clean = examples["clean"]
     ablated = load_ablation(pair_name, pair.ablation, loaded)
     scores = load_scores(pair_name)

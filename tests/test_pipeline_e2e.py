@@ -91,7 +91,7 @@ def test_unknown_behavior_stops_dvc_repro_with_one_sentence(project):
         result = run(project, "dvc", "repro", check=False)
         assert result.returncode != 0
         output = result.stdout + result.stderr
-        assert "Pair 'tracr-proportion' names unknown behavior 'tracr-propotion'; known behaviors: tracr-reverse, tracr-proportion." in output
+        assert "Pair 'tracr-proportion' names unknown behavior 'tracr-propotion'; known behaviors: tracr-reverse, tracr-proportion" in output
         assert "Traceback" not in output
     finally:
         (root / "params.yaml").write_text(original)

@@ -7,7 +7,7 @@ safetensors, config, ground-truth circuits where known) and load them back as a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +21,8 @@ class LoadedModel:
     model: HookedTransformer
     graph: Graph
     ground_truth: dict[str, list[str]] | None = None  # ablation -> edge names, where known
-    info: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Any = None  # what the behaviors' ``encode`` takes (None for tracr: datasets are ids)
+    info: Any = None
 
 
 @dataclass(frozen=True)
