@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY = true
 
 .PHONY: setup run run-flow test test-fast bench ui clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed .dvc/plots/offline.html
 
 # torch goes in first, by exact version: pip then takes the CPU wheel on this machine's disk,
 # where a plain `torch` requirement would pull a multi-GB CUDA build.
@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
+
+# DVC's plots page with vega inlined (from the npm registry), so `dvc plots show` works offline.
+.dvc/plots/offline.html: tools/plots_template.py
+	$(BIN)/python tools/plots_template.py $@
 
 # The default pipeline through DVC, all stages sharing one local Prefect server.
 run: setup

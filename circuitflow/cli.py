@@ -1,6 +1,7 @@
 """The `circuitflow` command: what every DVC stage runs, and the whole pipeline in one process.
 
-    circuitflow stage models tracr-reverse     one DVC stage (models/generate/cache/discover/evaluate for a key; report)
+    circuitflow stage models tracr-reverse     one DVC stage (models/generate/cache/discover/evaluate
+                                               take a model or pair name, figure a figure name; report)
     circuitflow run                            the whole DAG as one Prefect flow, no DVC needed
     circuitflow check                          validate params.yaml and exit
     circuitflow ui                             open the MLflow UI on localhost
@@ -15,7 +16,7 @@ import os
 import subprocess
 import sys
 
-STAGES = ("models", "generate", "cache", "discover", "evaluate", "report")
+STAGES = ("models", "generate", "cache", "discover", "evaluate", "figure", "report")
 
 
 def _quiet_offline_environment() -> None:
@@ -34,12 +35,18 @@ def _check(params_path: str, stage: str | None = None, key: str | None = None):
     from circuitflow.config import load_params
 
     params = load_params(params_path)
-    if stage == "models" and key is not None:
+    needs = {"models": "a model name", "figure": "a figure name"}.get(stage, "a pair name")
+    if stage not in (None, "report") and key is None:
+        raise ValueError(f"The {stage} stage needs {needs}.")
+    if stage == "models":
         params.model(key)
-    elif stage not in (None, "report", "models") and key is not None:
+    elif stage == "figure":
+        from circuitflow.pipeline import FIGURES
+
+        if key not in FIGURES:
+            raise ValueError(f"Unknown figure {key!r}; known figures: {', '.join(FIGURES)}.")
+    elif stage not in (None, "report"):
         params.pair(key)
-    elif stage not in (None, "report") and key is None:
-        raise ValueError(f"The {stage} stage needs a {'model' if stage == 'models' else 'pair'} name.")
     return params
 
 

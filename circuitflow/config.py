@@ -143,5 +143,9 @@ def evaluate_dir(pair: str) -> Path:
     return DATA / "evaluate" / pair
 
 
+def figure_dir(figure: str) -> Path:
+    return DATA / "figures" / figure
+
+
 def report_dir() -> Path:
     return DATA / "report"

@@ -213,45 +213,94 @@ def evaluate(params: Params, pair_name: str) -> StepResult:
 
     _write_parquet(directory / "faithfulness.parquet", pl.concat(curves))
     result.artifacts.append(directory / "faithfulness.parquet")
-    if rocs:
-        _write_parquet(directory / "roc.parquet", pl.concat(rocs, how="diagonal"))
-        result.artifacts.append(directory / "roc.parquet")
+    # Written even without a ground truth (empty), so every pair has the same outputs.
+    _write_parquet(directory / "roc.parquet", pl.concat(rocs, how="diagonal") if rocs else pl.DataFrame())
+    result.artifacts.append(directory / "roc.parquet")
     write_json_atomic(directory / "metrics.json", result.metrics)
     result.artifacts.append(directory / "metrics.json")
     return result
 
 
+# ---- figures: one DVC stage each, writing CSV for `dvc plots` and PNG for the report ----------
+def _write_csv(path: Path, frame: pl.DataFrame) -> None:
+    write_atomic(path, lambda tmp: frame.write_csv(tmp, float_precision=6))
+
+
+def _figure_roc(params: Params, directory: Path) -> StepResult:
+    """The ACDC paper's ROC curves and AUC table: every pair with a ground truth, every method."""
+    from circuitflow.report.figures import plot_roc
+
+    rows, curves = [], []
+    for name, pair in params.pairs.items():
+        evaluate_dir = config.evaluate_dir(name)
+        roc = pl.read_parquet(evaluate_dir / "roc.parquet")
+        if roc.is_empty():
+            continue
+        metrics = json.loads((evaluate_dir / "metrics.json").read_text())
+        for method in params.methods:
+            row = {"pair": name, "model": pair.model, "behavior": pair.behavior, "ablation": pair.ablation, "method": method}
+            for level in ("edge", "node"):
+                for kind in ("pessimistic", "trapezoid"):
+                    row[f"{level}_auc_{kind}"] = metrics[f"{method}_{level}_auc_{kind}"]
+            rows.append(row)
+            edge = roc.filter((pl.col("method") == method) & (pl.col("level") == "edge"))
+            _write_csv(directory / "curves" / f"{name}_{method}.csv", edge.select("fpr", "tpr", "n_kept"))
+            curves.append(edge)
+        edges = roc.filter(pl.col("level") == "edge")
+        plot_roc({m: edges.filter(pl.col("method") == m) for m in params.methods}, directory / f"roc_{name}.png",
+                 f"{name}: edge ROC against the ground truth ({pair.ablation} ablation)", formats=("png",))
+    table = pl.DataFrame(rows)
+    _write_csv(directory / "auc_table.csv", table)
+    return StepResult(metrics={f"{r['pair']}_{r['method']}_edge_auc": r["edge_auc_pessimistic"] for r in rows})
+
+
+def _figure_faithfulness(params: Params, directory: Path) -> StepResult:
+    """Faithfulness loss (lower is better) against the number of edges kept, per pair and method."""
+    from circuitflow.report.figures import plot_faithfulness
+
+    for name in params.pairs:
+        curves = pl.read_parquet(config.evaluate_dir(name) / "faithfulness.parquet")
+        for method in params.methods:
+            _write_csv(directory / "curves" / f"{name}_{method}.csv", curves.filter(pl.col("method") == method).select("n_edges", "faithfulness"))
+        plot_faithfulness({m: curves.filter(pl.col("method") == m) for m in params.methods}, directory / f"faithfulness_{name}.png",
+                          f"{name}: faithfulness against edges kept", formats=("png",))
+    return StepResult()
+
+
+FIGURES = {"roc": _figure_roc, "faithfulness": _figure_faithfulness}
+
+
+def figure(params: Params, name: str) -> StepResult:
+    """Recompute one paper figure (or table) from the evaluate stage's artefacts into data/figures/<name>/."""
+    if name not in FIGURES:
+        raise ValueError(f"Unknown figure {name!r}; known figures: {', '.join(FIGURES)}.")
+    directory = _fresh_dir(config.figure_dir(name))
+    result = FIGURES[name](params, directory)
+    result.artifacts = sorted(path for path in directory.rglob("*") if path.is_file())
+    return result
+
+
 # ---- report -------------------------------------------------------------------------------------
 def report(params: Params) -> StepResult:
-    """One HTML report over every pair: AUC table, ROC curves, faithfulness curves, circuits."""
-    from circuitflow.report.figures import plot_circuit, plot_faithfulness, plot_roc
+    """One self-contained HTML page: the AUC table, then per pair its figures and circuit diagrams."""
+    from circuitflow.report.figures import plot_circuit
     from circuitflow.report.html import ReportSection, write_report
 
     directory = _fresh_dir(config.report_dir())
-    sections, table_rows = [], []
+    roc_dir, faithfulness_dir = config.figure_dir("roc"), config.figure_dir("faithfulness")
+    sections = [ReportSection(
+        title="Discovery against the ground truth",
+        text="Edge and node AUC of each method where the model's circuit is known (higher is better; "
+             "pessimistic = the ACDC paper's staircase AUC).",
+        tables=[("AUC", pl.read_csv(roc_dir / "auc_table.csv"))],
+    )]
     for name, pair in params.pairs.items():
-        evaluate_dir = config.evaluate_dir(name)
-        metrics = json.loads((evaluate_dir / "metrics.json").read_text())
-        faithfulness = pl.read_parquet(evaluate_dir / "faithfulness.parquet")
-        figures = []
-        curves = {m: faithfulness.filter(pl.col("method") == m) for m in params.methods}
-        plot_faithfulness(curves, directory / f"{name}_faithfulness.png", f"{name}: faithfulness against edges kept")
-        figures.append(directory / f"{name}_faithfulness.png")
-        if (evaluate_dir / "roc.parquet").exists():
-            roc = pl.read_parquet(evaluate_dir / "roc.parquet").filter(pl.col("level") == "edge")
-            plot_roc({m: roc.filter(pl.col("method") == m) for m in params.methods}, directory / f"{name}_roc.png", f"{name}: edge ROC against the ground truth")
-            figures.append(directory / f"{name}_roc.png")
+        figures = [path for path in (roc_dir / f"roc_{name}.png", faithfulness_dir / f"faithfulness_{name}.png") if path.exists()]
         for method in params.methods:
             circuit = Circuit.load(config.discover_dir(name) / f"{method}_circuit.json")
-            plot_circuit(circuit.edges, directory / f"{name}_{method}_circuit.png", f"{name}: {method} circuit ({len(circuit)} edges)")
-            figures.append(directory / f"{name}_{method}_circuit.png")
-            row = {"pair": name, "model": pair.model, "behavior": pair.behavior, "ablation": pair.ablation, "method": method}
-            row.update({k.removeprefix(f"{method}_"): round(v, 4) for k, v in metrics.items() if k.startswith(f"{method}_")})
-            table_rows.append(row)
-        text = f"Model {pair.model}, behavior {pair.behavior}, {pair.ablation} ablation."
-        sections.append(ReportSection(title=name, text=text, figures=figures, tables=[]))
-    summary = pl.DataFrame(table_rows) if table_rows else pl.DataFrame()
-    sections.insert(0, ReportSection(title="Summary", text="AUC (higher is better) and faithfulness loss (lower is better) per pair and method.", figures=[], tables=[("Discovery methods against the ground truth", summary)]))
+            figures += plot_circuit(circuit.edges, directory / f"{name}_{method}_circuit.png",
+                                    f"{name}: {method} circuit ({len(circuit)} edges)", formats=("png",))
+        text = f"Model {pair.model}, behavior {pair.behavior}, {pair.ablation} ablation, methods {', '.join(params.methods)}."
+        sections.append(ReportSection(title=name, text=text, figures=figures))
     write_report(directory / "index.html", sections, settings=params.raw, title="circuitflow report")
-    _write_parquet(directory / "summary.parquet", summary)
     return StepResult(metrics={"n_pairs": len(params.pairs)}, artifacts=sorted(directory.iterdir()))

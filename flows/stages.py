@@ -32,5 +32,9 @@ def pipeline_flow(params_path: str = "params.yaml") -> dict[str, dict[str, float
                 upstream = STEP_TASKS[stage].submit(name, params_path, parent_id, wait_for=[upstream])
             evaluated[name] = upstream
         results = {name: future.result() for name, future in evaluated.items()}
+        from circuitflow.pipeline import FIGURES
+
+        for figure in FIGURES:
+            results[f"figure@{figure}"] = STEP_TASKS["figure"](figure, params_path, parent_id)
         results["report"] = STEP_TASKS["report"](None, params_path, parent_id)
     return results

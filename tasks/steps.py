@@ -33,4 +33,4 @@ def _step_task(stage: str):
     return task(name=stage, cache_policy=NO_CACHE)(run)
 
 
-STEP_TASKS = {stage: _step_task(stage) for stage in ("models", "generate", "cache", "discover", "evaluate", "report")}
+STEP_TASKS = {stage: _step_task(stage) for stage in ("models", "generate", "cache", "discover", "evaluate", "figure", "report")}

@@ -70,6 +70,13 @@ def test_dvc_repro_runs_the_whole_dag(project):
     assert "tracr-reverse" in html and "data:image/png;base64" in html
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
+    # `dvc plots show` renders offline: vega inlined, no CDN.
+    if (ROOT / ".dvc/plots/offline.html").exists():
+        shutil.copy2(ROOT / ".dvc/plots/offline.html", root / ".dvc/plots/offline.html")
+        run(project, "dvc", "plots", "show", "-o", "plots_page")
+        page = (root / "plots_page" / "index.html").read_text()
+        assert "cdn.jsdelivr" not in page and "vega-embed" in page and "tracr-reverse_eap" in page
+
     # A second run reruns nothing.
     again = run(project, "dvc", "repro")
     assert "Data and pipelines are up to date" in again.stdout
