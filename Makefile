@@ -9,9 +9,13 @@ export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DVC_NO_ANALYTICS = 1
 export MLFLOW_DISABLE_TELEMETRY = true
 
-.PHONY: setup run run-flow test test-fast bench ui clean
+.PHONY: setup chromium run run-flow test test-fast bench ui serve clean
 
-setup: $(VENV)/.installed .dvc/plots/offline.html
+setup: $(VENV)/.installed .dvc/plots/offline.html chromium
+
+# Debian's Chromium, for the test that opens the MLflow UI headless (no-op when present).
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 # torch goes in first, by exact version: pip then takes the CPU wheel on this machine's disk,
 # where a plain `torch` requirement would pull a multi-GB CUDA build.
@@ -46,6 +50,11 @@ bench: setup
 
 ui: setup
 	$(BIN)/circuitflow ui
+
+# Scheduled deployments: needs a Prefect server with its scheduler, e.g. `prefect server start`
+# in another terminal and PREFECT_API_URL=http://127.0.0.1:4200/api here.
+serve: setup
+	$(BIN)/circuitflow serve
 
 clean:
 	rm -rf data mlflow.db mlruns .dvc/cache .dvc/tmp

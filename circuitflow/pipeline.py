@@ -211,6 +211,10 @@ def evaluate(params: Params, pair_name: str) -> StepResult:
                 result.metrics[f"{method}_{level}_auc_trapezoid"] = float(auc_trapezoid(fpr, tpr))
         result.metrics[f"{method}_faithfulness_at_{sizes[len(sizes) // 2]}_edges"] = float(curves[-1]["faithfulness"][len(sizes) // 2])
 
+    hypothesis = settings.get("hypothesis_tests")
+    if hypothesis is not None:
+        result.artifacts += _hypothesis_tests(loaded, pair, clean, ablated, score, model_scores, hypothesis, params, directory, result)
+
     _write_parquet(directory / "faithfulness.parquet", pl.concat(curves))
     result.artifacts.append(directory / "faithfulness.parquet")
     # Written even without a ground truth (empty), so every pair has the same outputs.
@@ -219,6 +223,30 @@ def evaluate(params: Params, pair_name: str) -> StepResult:
     write_json_atomic(directory / "metrics.json", result.metrics)
     result.artifacts.append(directory / "metrics.json")
     return result
+
+
+def _hypothesis_tests(loaded, pair, clean, ablated, score, model_scores, settings, params, directory, result) -> list[Path]:
+    """Shi et al.'s five tests on the ground truth (where known) and each method's circuit:
+    one row per (circuit, test) in hypothesis_tests.parquet, per-edge minimality effects, and
+    pass/fail in the metrics."""
+    from circuitflow.evaluation.hypothesis_tests import HypothesisSettings, circuit_evaluator, results_frame, run_hypothesis_tests
+
+    test_settings = HypothesisSettings.from_params(settings)
+    evaluate_circuits = circuit_evaluator(loaded.model, loaded.graph, clean, ablated, score, batch_size=pair.batch_size)
+    circuits = {method: Circuit.load(config.discover_dir(pair.name) / f"{method}_circuit.json", loaded.graph) for method in params.methods}
+    if loaded.ground_truth is not None:
+        truth = loaded.ground_truth.get(pair.ablation, loaded.ground_truth["zero"])
+        circuits = {"ground_truth": Circuit.from_edges(loaded.graph, truth), **circuits}
+    rows, effects = [], []
+    for name, circuit in circuits.items():
+        outcomes, minimality = run_hypothesis_tests(evaluate_circuits, circuit, model_scores, test_settings, batch_size=pair.batch_size)
+        rows.append(results_frame(outcomes, model=pair.model, behavior=pair.behavior, circuit=name))
+        effects.append(minimality.edges.with_columns(pl.lit(name).alias("circuit")))
+        for outcome in outcomes:
+            result.metrics[f"{name}_{outcome.test}_passes"] = float(outcome.passes)
+    _write_parquet(directory / "hypothesis_tests.parquet", pl.concat(rows, how="diagonal"))
+    _write_parquet(directory / "minimality_effects.parquet", pl.concat(effects, how="diagonal"))
+    return [directory / "hypothesis_tests.parquet", directory / "minimality_effects.parquet"]
 
 
 # ---- figures: one DVC stage each, writing CSV for `dvc plots` and PNG for the report ----------
@@ -302,5 +330,7 @@ def report(params: Params) -> StepResult:
                                     f"{name}: {method} circuit ({len(circuit)} edges)", formats=("png",))
         text = f"Model {pair.model}, behavior {pair.behavior}, {pair.ablation} ablation, methods {', '.join(params.methods)}."
         sections.append(ReportSection(title=name, text=text, figures=figures))
-    write_report(directory / "index.html", sections, settings=params.raw, title="circuitflow report")
+    # The science settings only: how the run was orchestrated (task runner, schedules) changes no result.
+    science = {k: v for k, v in params.raw.items() if k not in ("prefect", "deployments", "mlflow")}
+    write_report(directory / "index.html", sections, settings=science, title="circuitflow report")
     return StepResult(metrics={"n_pairs": len(params.pairs)}, artifacts=sorted(directory.iterdir()))

@@ -48,7 +48,9 @@ def mlflow_run(name: str, experiment: str, tags: dict[str, str] | None = None, n
     import mlflow
 
     configure()
-    mlflow.set_experiment(experiment)
+    found = mlflow.set_experiment(experiment)
+    if "mlflow.experimentKind" not in found.tags:  # else MLflow 3 opens it on the GenAI view, with no runs shown
+        mlflow.MlflowClient().set_experiment_tag(found.experiment_id, "mlflow.experimentKind", "custom_model_development")
     parent = nested_under or os.environ.get(PARENT_RUN_ENV)
     run_tags = {"git_commit": _git_commit(), **(tags or {})}
     if parent:

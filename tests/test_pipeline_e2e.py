@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 
@@ -36,6 +37,7 @@ def project(tmp_path_factory):
     for pair in params["pairs"].values():
         pair.update(n_examples=24, batch_size=12)
     params["evaluate"]["faithfulness_points"] = 5
+    params["evaluate"]["hypothesis_tests"].update(n_random=20, n_permutations=50, n_references=20)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     env.pop("PREFECT_API_URL", None)
@@ -66,6 +68,9 @@ def test_dvc_repro_runs_the_whole_dag(project):
         assert (root / "data" / path).is_file(), path
     metrics = json.loads((root / "data/evaluate/tracr-proportion/metrics.json").read_text())
     assert 0.5 < metrics["eap_edge_auc_trapezoid"] <= 1.0
+    assert metrics["ground_truth_equivalence_passes"] == 1.0  # the tracr circuit preserves the model
+    tests = pl.read_parquet(root / "data/evaluate/tracr-proportion/hypothesis_tests.parquet")
+    assert set(tests["test"]) == {"equivalence", "independence", "minimality", "sufficiency", "partial_necessity"}
     html = (root / "data/report/index.html").read_text()
     assert "tracr-reverse" in html and "data:image/png;base64" in html
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
