@@ -119,8 +119,8 @@ def _mix(mask: torch.Tensor, deltas: torch.Tensor, base: torch.Tensor) -> torch.
     Returns (circuit, dest, batch, pos, d_model).
     """
     n_circuits, n_sources, batch, n_pos, d_model = deltas.shape
-    if mask.dim() == 4:
-        return base.unsqueeze(1) + torch.einsum("csdp,csbpm->cdbpm", mask, deltas)
+    if mask.dim() == 4:  # per-position edges; contiguous, as the attention layer views its input
+        return (base.unsqueeze(1) + torch.einsum("csdp,csbpm->cdbpm", mask, deltas)).contiguous()
     flat = deltas.reshape(n_circuits, n_sources, -1)
     base = base.expand(1, batch, n_pos, d_model).reshape(1, 1, -1)
     mixed = torch.baddbmm(base, mask.transpose(1, 2), flat)

@@ -4,6 +4,9 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+# The test models are tiny: one thread is faster than two and keeps a loaded machine usable.
+torch.set_num_threads(1)
+
 
 def small_model(seed: int = 0, **overrides) -> HookedTransformer:
     """A random 3-layer, 4-head model; ``overrides`` change any HookedTransformerConfig field."""

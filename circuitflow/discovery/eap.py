@@ -43,10 +43,12 @@ def eap_scores(
     """
     n_examples = clean.shape[0]
     mask = torch.ones(graph.n_edges, dtype=model.cfg.dtype, requires_grad=True)
+    gradient = torch.zeros(graph.n_edges, dtype=torch.float64)
     starts = range(0, n_examples, batch_size)
     for start in tqdm(starts, desc="EAP", disable=not progress):
         index = torch.arange(start, min(start + batch_size, n_examples))
         batch_ablated = ablated if ablated.shape[1] == 1 else ablated[:, index]
         logits = run_circuits(model, graph, clean[index], batch_ablated, mask)
-        metric(logits, index).backward()
-    return -mask.grad.double() / n_examples
+        # autograd.grad: only the mask's gradient, nothing accumulated on the model's weights
+        gradient += torch.autograd.grad(metric(logits, index), mask)[0].double()
+    return -gradient / n_examples
