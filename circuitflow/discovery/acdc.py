@@ -1,0 +1,674 @@
+"""ACDC: automatic circuit discovery by pruning edges one at a time (Conmy et al. 2023, REFERENCE.md 3).
+
+The algorithm
+-------------
+Start from the full graph.  Visit the destinations from the output backwards and, for each of a
+destination's incoming edges in turn, ablate it on top of the edges already removed; when the metric
+rises by less than the threshold tau,
+
+    metric(current circuit without e) - metric(current circuit) < tau,
+
+remove the edge for good (the current circuit becomes the one without it), else keep it.  The metric
+is a loss, **lower is better**: by default KL(full model || circuit) at the behavior's positions
+(``kl_metric``), or a task metric such as the tracr MSE against the full model.
+
+Visit order (fixed by graph indices, the same in every process whatever PYTHONHASHSEED):
+destinations in the reverse of ``graph.destinations`` -- ``logits``, then the last layer's MLP, then
+its heads' inputs from the last head back, each head ``v``, ``k``, ``q`` -- and the edges into one
+destination in decreasing edge index: the latest source first and, with per-position edges, the last
+position first.  With ``qkv_direct_edges`` a head's three direct edges (``a.v -> a``, ``a.k -> a``,
+``a.q -> a``) are visited just before that head's own q/k/v inputs, since they lie between them and
+the head's output.
+
+Dead ends: a destination that no longer reaches the logits (the node it feeds has no kept outgoing
+edge to a destination that does) cannot change the output, so its incoming edges are removed without
+being evaluated.  In this order every destination downstream of the one visited is already decided,
+so the test is exact when it is made.  The opposite case -- a destination with no path from an input
+-- cannot arise: everything upstream of the destination being visited is still whole.  Sources left
+without a path from an input are *not* pruned at the end: such a node still delivers its output
+computed from ablated inputs, which differs from its ablated value, so removing its edges would
+change the circuit's function.
+
+Batched evaluation, exactly
+---------------------------
+One engine call (``patching.run_circuits``) evaluates many circuits, so the candidate edges of a
+destination are evaluated several at a time, as a *speculative chain*: candidate k is evaluated
+against the circuit that the decisions predicted for candidates before it would leave (predicted
+removed: the chain's circuit loses the edge; predicted kept: it does not).  Decisions are then made
+in order; every one is exact as long as the predictions before it were right, and at the first wrong
+prediction the rest of the chain is dropped and the walk restarts from the next candidate against the
+true circuit.  The result is therefore the one-edge-at-a-time algorithm's (``tests/test_acdc.py``
+keeps that naive version and checks that the circuits are identical).  One caveat of floating
+point: the engine's logits for a circuit can differ in the last bits with the number of circuits in
+the call and the circuit's place in it (BLAS kernels treat leftover rows differently; ~1e-16 relative
+in float64), so a decision could differ from the one-at-a-time run's only where a delta lies that
+close to tau.  For the same reason prefer a small positive tau to tau = 0, where edges without any
+effect (delta 0 up to rounding) would be decided by rounding.  Given the same inputs and settings
+the result is the same in every process.
+
+Predictions (they set the speed, never the result): an edge's delta seen in a dropped part of a
+chain, else the last decision on an edge from the same source into the same kind of destination
+(q, k, v, MLP, logits: an important source tends to matter to every head's value input, say), else
+the last decision.  The chain length adapts to how often chains break (at most ``speculation``).
+Cost: every decision needs one circuit forward pass; what batching saves is per-call overhead and,
+where the hardware has it, the better throughput of larger matrix products (a GPU, several cores);
+on one CPU core a circuit in a batched call costs about one plain forward pass either way, and
+wrongly predicted candidates (10-20% extra on the benchmark) are the price.
+
+Threshold sweeps
+----------------
+``acdc_sweep`` runs every tau at once.  All taus share the same circuit until the first decision on
+which they disagree (delta between two taus); there the group splits, and each part continues with
+its own circuit.  Each distinct circuit is evaluated once for all the taus that share it, and the
+chains of all groups go into the same engine calls.  The result equals independent runs per tau.
+Also shared: the full circuit's metric and, through ``MetricBatch``, the ablated values and the full
+model's logits the metric compares against.
+
+Scores for the common interface (higher = more important): score(edge) = the largest tau of the sweep
+at which the edge is kept (``-inf`` when it is kept at none).  When the sweep's circuits are nested
+(``AcdcSweep.nested``; usual but not guaranteed by ACDC) the circuit at tau is exactly
+``scores >= tau``, so ``roc_points`` over the scores reproduces the sweep's ROC points.
+
+Dimension names: source, circuit, batch, pos, d_model, vocab, n_edges.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from circuitflow.circuit import Circuit
+from circuitflow.graph import Graph
+from circuitflow.patching import check_model, kl_divergence, run_circuits
+
+# metric(logits (batch, pos, vocab)) -> scalar tensor; a loss, lower is better
+Metric = Callable[[Tensor], Tensor]
+Positions = int | Sequence[int] | Tensor | None
+# loss(circuit_logits (batch, pos, vocab), model_logits (batch, pos, vocab), example indices (batch,))
+# -> (batch,) per-example loss, lower is better: a behavior's ``score`` or ``kl_divergence``
+ExampleLoss = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+# ---- metrics and batches -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricBatch:
+    """One batch of examples with its metric; ACDC's metric is the sum of the batches' metrics.
+
+    tokens:  (batch, pos) token ids.
+    ablated: (source, batch | 1, pos | 1, d_model) what ablated edges carry (``ablation_values``).
+    metric:  logits (batch, pos, vocab) -> scalar, a loss (lower is better).  To average over all
+             examples of several batches, each batch's metric sums over its examples and divides by
+             the total number of examples (``kl_metric(..., n_total=...)`` does).
+    Batches may differ in length (tracr inputs of length 1..5 are five batches).
+    """
+
+    tokens: Tensor
+    ablated: Tensor
+    metric: Metric
+
+
+def _selected_positions(positions: Positions, batch: int, n_pos: int) -> tuple[Tensor, Tensor]:
+    """(example, position) index pairs selected by ``positions``, each a long (n_selected,) tensor."""
+    examples = torch.arange(batch)
+    if positions is None:
+        return examples.repeat_interleave(n_pos), torch.arange(n_pos).repeat(batch)
+    if isinstance(positions, int):
+        if not -n_pos <= positions < n_pos:
+            raise ValueError(f"Position {positions} is outside inputs of {n_pos} positions; give a position in [-{n_pos}, {n_pos}).")
+        return examples, torch.full((batch,), positions % n_pos)
+    positions = torch.as_tensor(positions)
+    if positions.dtype == torch.bool:
+        if positions.shape != (batch, n_pos):
+            raise ValueError(f"A boolean position mask must have shape (batch, pos) = {(batch, n_pos)}, got {tuple(positions.shape)}.")
+        if not positions.any(1).all():
+            raise ValueError("The position mask selects no position for some example; select at least one per example.")
+        return positions.nonzero(as_tuple=True)
+    if positions.dim() != 1 or positions.shape[0] != batch or positions.is_floating_point():
+        raise ValueError(
+            f"positions must be None, an int, a long tensor of one position per example ({batch},) or a bool "
+            f"mask (batch, pos); got {positions.dtype} of shape {tuple(positions.shape)}."
+        )
+    if ((positions < -n_pos) | (positions >= n_pos)).any():
+        raise ValueError(f"Some positions fall outside inputs of {n_pos} positions; give positions in [-{n_pos}, {n_pos}).")
+    return examples, positions.long() % n_pos
+
+
+def kl_metric(model_logits: Tensor, positions: Positions = None, *, n_total: int | None = None) -> Metric:
+    """ACDC's default metric: KL(full model || circuit), a loss (lower is better, 0 for the full model).
+
+    model_logits: (batch, pos, vocab) the full model's logits on the batch.
+    positions:    where the behavior is read: None (every position), an int (the same position for
+                  every example, e.g. -1), a long (batch,) tensor (one position per example) or a bool
+                  (batch, pos) mask.
+    n_total:      the number of examples over all batches (default: this batch's size).
+    Returns metric(logits (batch, pos, vocab)) -> scalar: the sum over examples of the mean KL over
+    the example's selected positions, divided by ``n_total``.
+    """
+    if model_logits.dim() != 3:
+        raise ValueError(f"model_logits must be (batch, pos, vocab), got shape {tuple(model_logits.shape)}.")
+    batch, n_pos, _ = model_logits.shape
+    examples, where = _selected_positions(positions, batch, n_pos)
+    counts = torch.bincount(examples, minlength=batch).to(model_logits.dtype)
+    weights = 1.0 / (counts[examples] * (n_total or batch))
+    reference = model_logits.detach()[examples, where]  # (n_selected, vocab)
+
+    def metric(logits: Tensor) -> Tensor:
+        if logits.shape != model_logits.shape:
+            raise ValueError(f"The KL metric was built for logits of shape {tuple(model_logits.shape)}, got {tuple(logits.shape)}.")
+        return (kl_divergence(reference, logits[examples, where]) * weights).sum()
+
+    return metric
+
+
+def _split(
+    model: HookedTransformer, graph: Graph, tokens: Tensor, ablated: Tensor, batch_size: int
+) -> list[tuple[slice, Tensor, Tensor, Tensor]]:
+    """(rows, tokens, ablated, full model logits) per batch; the full model is the engine's full
+    circuit run alone, as ACDC evaluates it, so the full circuit's KL is exactly 0."""
+    check_model(model, graph)
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must be (n_examples, pos), got shape {tuple(tokens.shape)}.")
+    if ablated.dim() != 4 or ablated.shape[1] not in (1, tokens.shape[0]):
+        raise ValueError(f"ablated must be (source, n_examples={tokens.shape[0]} or 1, pos or 1, d_model), got {tuple(ablated.shape)}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    n_examples = tokens.shape[0]
+    full = torch.ones(graph.n_edges, dtype=model.cfg.dtype, device=tokens.device)
+    out = []
+    for start in range(0, n_examples, batch_size):
+        rows = slice(start, min(start + batch_size, n_examples))
+        batch_ablated = ablated if ablated.shape[1] == 1 else ablated[:, rows]
+        with torch.no_grad():
+            model_logits = run_circuits(model, graph, tokens[rows], batch_ablated, full)
+        out.append((rows, tokens[rows], batch_ablated, model_logits))
+    return out
+
+
+def kl_batches(
+    model: HookedTransformer,
+    graph: Graph,
+    tokens: Tensor,
+    ablated: Tensor,
+    *,
+    positions: Positions = None,
+    batch_size: int = 64,
+    n_total: int | None = None,
+) -> list[MetricBatch]:
+    """Split a dataset into ``MetricBatch`` es with the KL metric averaged over all its examples.
+
+    tokens: (n_examples, pos); ablated: (source, n_examples | 1, pos | 1, d_model); positions as in
+    ``kl_metric`` for the whole dataset (a per-example tensor or mask is split with the batches);
+    n_total: the examples over all lists of batches to be concatenated (default: n_examples).
+    The full circuit's metric is exactly 0.
+    """
+    n_total = n_total or tokens.shape[0]
+    return [
+        MetricBatch(batch_tokens, batch_ablated, kl_metric(model_logits, positions[rows] if isinstance(positions, Tensor) else positions, n_total=n_total))
+        for rows, batch_tokens, batch_ablated, model_logits in _split(model, graph, tokens, ablated, batch_size)
+    ]
+
+
+def loss_batches(
+    model: HookedTransformer,
+    graph: Graph,
+    tokens: Tensor,
+    ablated: Tensor,
+    loss: ExampleLoss,
+    *,
+    batch_size: int = 64,
+    n_total: int | None = None,
+) -> list[MetricBatch]:
+    """Split a dataset into ``MetricBatch`` es whose metric is a per-example loss averaged over all
+    examples: a behavior's ``score`` (the tracr MSE against the full model, the ACDC paper's task
+    metric for tracr) or its ``kl_divergence``.
+
+    tokens: (n_examples, pos); ablated: (source, n_examples | 1, pos | 1, d_model);
+    loss(circuit_logits, model_logits, example indices (batch,)) -> (batch,), lower is better, the
+    indices into ``tokens``' rows (offset by nothing: index the behavior's examples with them);
+    n_total: the examples over all lists of batches to be concatenated (default: n_examples).
+    """
+    n_total = n_total or tokens.shape[0]
+    batches = []
+    for rows, batch_tokens, batch_ablated, model_logits in _split(model, graph, tokens, ablated, batch_size):
+        index = torch.arange(rows.start, rows.stop)
+
+        def metric(logits: Tensor, model_logits: Tensor = model_logits, index: Tensor = index) -> Tensor:
+            return loss(logits, model_logits, index).sum() / n_total
+
+        batches.append(MetricBatch(batch_tokens, batch_ablated, metric))
+    return batches
+
+
+# ---- the visit order and the graph's wiring ----------------------------------------------------
+
+_KINDS = ("q", "k", "v", "m", "l")  # kinds of destination: query, key, value, MLP, logits
+
+
+@dataclass(frozen=True)
+class VisitStep:
+    """One receiver ACDC visits: a destination (its incoming residual edges) or, with q/k/v direct
+    edges, a head (its three direct edges).
+
+    edges:  long (k,) candidate edge indices in visit order.
+    dest:   the destination's index in ``graph.destinations``; -1 for a head.
+    feeds:  the source index the receiver's value goes to (the head or MLP); -1 for ``logits``.
+    direct: the edge index of the direct edge ``receiver -> head`` (q/k/v inputs with direct edges), else -1.
+    """
+
+    receiver: str
+    edges: Tensor
+    dest: int
+    feeds: int
+    direct: int
+
+
+@dataclass(frozen=True)
+class _Wiring:
+    """Per edge: its source and destination indices (-1 for direct edges); per source, its outgoing
+    residual edges; the ACDC visit steps."""
+
+    edge_source: Tensor  # long (n_edges,)
+    edge_dest: Tensor  # long (n_edges,)
+    edge_kind: Tensor  # long (n_edges,): the predictor's key, (source, kind of destination) flattened
+    outgoing: tuple[Tensor, ...]  # per source: long edge indices
+    steps: tuple[VisitStep, ...]
+
+
+def _wiring(graph: Graph) -> _Wiring:
+    n = graph.n_edges
+    edge_source = torch.full((n,), -1, dtype=torch.long)
+    edge_dest = torch.full((n,), -1, dtype=torch.long)
+    direct_of: dict[str, int] = {}  # q/k/v destination name -> its direct edge
+    for e, name in enumerate(graph.edge_names):
+        src, dst = name.split(" @ ")[0].split(" -> ")
+        if dst in graph.destination_index:
+            edge_source[e] = graph.source_index[src]
+            edge_dest[e] = graph.destination_index[dst]
+        else:  # a direct edge "a.q -> a"
+            direct_of[src] = e
+    outgoing = tuple((edge_source == s).nonzero().flatten() for s in range(graph.n_sources))
+    # destination kinds q, k, v, MLP, logits; direct edges share a row of their own, by q/k/v
+    kinds = torch.tensor([_KINDS.index(d[-1] if d[-2:] in (".q", ".k", ".v") else d[0]) for d in graph.destinations])
+    edge_kind = torch.where(edge_dest >= 0, edge_source * len(_KINDS) + kinds[edge_dest.clamp(min=0)], 0)
+    for name, e in direct_of.items():
+        edge_kind[e] = graph.n_sources * len(_KINDS) + _KINDS.index(name[-1])
+    steps = []
+    for d in reversed(range(graph.n_destinations)):
+        name = graph.destinations[d]
+        head = name[:-2] if name[-2:] in (".q", ".k", ".v") else None
+        if head is not None and name.endswith(".v") and graph.qkv_direct_edges:
+            direct = torch.tensor([direct_of[f"{head}.{kind}"] for kind in "vkq"])
+            steps.append(VisitStep(head, direct, -1, graph.source_index[head], -1))
+        incoming = (edge_dest == d).nonzero().flatten().flip(0)
+        feeds = -1 if name == "logits" else graph.source_index[head or name]
+        steps.append(VisitStep(name, incoming, d, feeds, direct_of.get(name, -1)))
+    return _Wiring(edge_source, edge_dest, edge_kind, outgoing, tuple(steps))
+
+
+def visit_order(graph: Graph) -> list[VisitStep]:
+    """ACDC's visit steps for ``graph``, in order (see the module docstring)."""
+    return list(_wiring(graph).steps)
+
+
+# ---- one group of thresholds sharing a circuit -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Predictor:
+    """What a run expects of its next candidates; predictions set the speed, never the result.
+
+    An edge is predicted kept when the last edge from the same source into the same kind of
+    destination (q, k, v, MLP, logits) was kept -- important sources tend to matter to every
+    destination of a kind -- else like the last decision.  ``miss_rate`` tracks how often chains
+    broke on a wrong prediction and sets the chain length.
+    """
+
+    seen: Tensor  # int8 (n_keys,): -1 not seen, 0 removed, 1 kept
+    last_kept: bool = False
+    miss_rate: float = 0.25
+
+    def removes(self, key: int, hint: float | None, tau: float) -> bool:
+        if hint is not None:  # a delta from a dropped part of a chain: the best estimate there is
+            return hint < tau
+        seen = int(self.seen[key])
+        return seen == 0 if seen >= 0 else not self.last_kept
+
+    def learn(self, key: int, kept: bool) -> _Predictor:
+        seen = self.seen.clone()
+        seen[key] = int(kept)
+        return _Predictor(seen, kept, self.miss_rate)
+
+    def missed(self, missed: bool) -> _Predictor:
+        return _Predictor(self.seen, self.last_kept, 0.8 * self.miss_rate + 0.2 * missed)
+
+
+@dataclass
+class _Run:
+    """Thresholds (indices, ascending in value) that share one circuit so far."""
+
+    taus: list[int]
+    members: Tensor  # bool (n_edges,)
+    current: float  # the circuit's metric
+    reaches: Tensor  # bool (n_destinations,): visited destinations that reach the logits
+    predictor: _Predictor
+
+
+@dataclass
+class _Cursor:
+    """A run part-way through one step's candidates: the next is ``position``; ``hints`` holds deltas
+    seen in dropped parts of chains (candidate position -> delta), used only as predictions."""
+
+    run: _Run
+    position: int = 0
+    hints: dict[int, float] = field(default_factory=dict)
+
+
+def _reaches_logits(wiring: _Wiring, step: VisitStep, run: _Run) -> bool:
+    """Whether the receiver of ``step`` still reaches the logits in ``run``'s circuit (exact: every
+    destination downstream has been visited)."""
+    if step.feeds < 0:
+        return True
+    if step.direct >= 0 and not run.members[step.direct]:
+        return False
+    out = wiring.outgoing[step.feeds]
+    return bool((run.members[out] & run.reaches[wiring.edge_dest[out]]).any())
+
+
+class _Evaluator:
+    """The metric of many circuits at once: sum over batches of the batch metric, float64."""
+
+    def __init__(self, model: HookedTransformer, graph: Graph, batches: Sequence[MetricBatch], circuits_per_call: int):
+        self.model, self.graph, self.batches = model, graph, batches
+        self.circuits_per_call = circuits_per_call
+        self.n_evaluations = 0
+
+    def __call__(self, members: list[Tensor]) -> list[float]:
+        values = [0.0] * len(members)
+        dtype = self.model.cfg.dtype
+        for start in range(0, len(members), self.circuits_per_call):
+            chunk = members[start : start + self.circuits_per_call]
+            masks = torch.stack(chunk).to(dtype)
+            for batch in self.batches:
+                with torch.no_grad():
+                    logits = run_circuits(
+                        self.model, self.graph, batch.tokens, batch.ablated, masks.to(batch.tokens.device),
+                        circuits_per_pass=len(masks),
+                    )
+                    for c in range(len(chunk)):
+                        value = batch.metric(logits[c])
+                        if not isinstance(value, Tensor) or value.numel() != 1:
+                            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                            raise ValueError(f"The ACDC metric must return a scalar tensor (a loss over the batch), got {shape}.")
+                        values[start + c] += float(value)
+        self.n_evaluations += len(members)
+        return values
+
+
+def _chain(
+    cursor: _Cursor, step: VisitStep, wiring: _Wiring, thresholds: Sequence[float], length: int
+) -> tuple[list[Tensor], list[bool]]:
+    """The speculative chain of a cursor: masks "predicted circuit minus candidate k" for the next
+    candidates, and whether each candidate is predicted removed."""
+    run = cursor.run
+    tau = thresholds[run.taus[len(run.taus) // 2]]  # predict for the middle threshold of the group
+    state, predictor = run.members, run.predictor
+    masks, removed = [], []
+    # a chain of L candidates breaks early with probability ~ L * miss_rate: keep that near 1/2
+    length = max(1, min(length, int(0.5 / predictor.miss_rate)))
+    for k in range(cursor.position, min(cursor.position + length, len(step.edges))):
+        edge = int(step.edges[k])
+        mask = state.clone()
+        mask[edge] = False
+        key = int(wiring.edge_kind[edge])
+        predicted_removed = predictor.removes(key, cursor.hints.get(k), tau)
+        masks.append(mask)
+        removed.append(predicted_removed)
+        if predicted_removed:
+            state = mask
+        predictor = predictor.learn(key, not predicted_removed)
+    return masks, removed
+
+
+def _walk(
+    cursor: _Cursor,
+    step: VisitStep,
+    wiring: _Wiring,
+    masks: list[Tensor],
+    removed: list[bool],
+    values: list[float],
+    thresholds: Sequence[float],
+    decisions: list[int],
+) -> list[_Cursor]:
+    """Make the decisions of one evaluated chain, in order.  Returns the cursors that go on: the one
+    following the chain (if any agreed with its predictions to its end) and one per group of taus
+    that split off; a cursor past the last candidate is finished."""
+    run = cursor.run
+    # metric of the chain's circuit before each candidate, to turn values into deltas
+    before = [run.current]
+    for value, was_removed in zip(values, removed):
+        before.append(value if was_removed else before[-1])
+    deltas = [v - b for v, b in zip(values, before)]
+
+    def hints_after(i: int) -> dict[int, float]:
+        later = {k: d for k, d in cursor.hints.items() if k > cursor.position + i}
+        later.update({cursor.position + j: deltas[j] for j in range(i + 1, len(deltas))})
+        return later
+
+    out: list[_Cursor] = []
+    here = run
+    for i, delta in enumerate(deltas):
+        for t in here.taus:
+            decisions[t] += 1
+        removers = [t for t in here.taus if thresholds[t] > delta]
+        keepers = [t for t in here.taus if thresholds[t] <= delta]
+        missed = not (removers if removed[i] else keepers)  # no tau decided as predicted: the chain breaks
+        key = int(wiring.edge_kind[step.edges[cursor.position + i]])
+        predictor = here.predictor.missed(missed)
+        remove_branch = _Run(removers, masks[i], values[i], run.reaches, predictor.learn(key, False))
+        keep_branch = _Run(keepers, here.members, here.current, run.reaches, predictor.learn(key, True))
+        followed, other = (remove_branch, keep_branch) if removed[i] else (keep_branch, remove_branch)
+        if other.taus:  # these taus leave the chain: a new cursor from the next candidate
+            out.append(_Cursor(other, cursor.position + i + 1, hints_after(i)))
+        if missed:  # the rest of the chain was evaluated against a circuit no tau has
+            return out
+        here = followed
+    out.append(_Cursor(here, cursor.position + len(deltas), hints_after(len(deltas))))
+    return out
+
+
+def _visit(
+    step: VisitStep,
+    runs: list[_Run],
+    wiring: _Wiring,
+    evaluate: _Evaluator,
+    thresholds: Sequence[float],
+    speculation: int,
+    decisions: list[int],
+) -> list[_Run]:
+    """Decide every candidate edge of one step for every run; returns the runs after it."""
+    done: list[_Run] = []
+    pending: list[_Cursor] = []
+    for run in runs:
+        live = _reaches_logits(wiring, step, run)
+        if step.dest >= 0:
+            run.reaches = run.reaches.clone()
+            run.reaches[step.dest] = live
+        if not live:  # a dead end: its edges cannot change the output
+            run.members = run.members.clone()
+            run.members[step.edges] = False
+            done.append(run)
+        elif len(step.edges) == 0:
+            done.append(run)
+        else:
+            pending.append(_Cursor(run))
+    while pending:
+        chains = [_chain(cursor, step, wiring, thresholds, speculation) for cursor in pending]
+        values = evaluate([mask for masks, _ in chains for mask in masks])
+        next_pending, offset = [], 0
+        for cursor, (masks, removed) in zip(pending, chains):
+            chunk = values[offset : offset + len(masks)]
+            for moved in _walk(cursor, step, wiring, masks, removed, chunk, thresholds, decisions):
+                if moved.position >= len(step.edges):
+                    done.append(moved.run)
+                else:
+                    next_pending.append(moved)
+            offset += len(masks)
+        pending = next_pending
+    return sorted(done, key=lambda run: run.taus[0])
+
+
+# ---- the public interface ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AcdcSweep:
+    """ACDC's circuits for several thresholds.
+
+    thresholds: the taus, in the order given.
+    circuits:   one circuit per tau.
+    metrics:    each circuit's metric (a loss, lower is better), float.
+    scores:     float64 (n_edges,), higher = more important: the largest tau at which the edge is
+                kept, ``-inf`` where it is kept at none.
+    decisions:  per tau, the edges decided by evaluating the metric (dead ends are not counted).
+    n_evaluations: circuits the engine ran in all (including the full circuit and dropped
+                speculation): the sweep's cost in circuit forward passes, per batch.
+    """
+
+    thresholds: tuple[float, ...]
+    circuits: tuple[Circuit, ...]
+    metrics: tuple[float, ...]
+    scores: Tensor
+    decisions: tuple[int, ...]
+    n_evaluations: int
+
+    @property
+    def nested(self) -> bool:
+        """Whether the circuit of every larger tau is a subset of that of every smaller one (then
+        ``scores >= tau`` gives back each circuit)."""
+        order = sorted(range(len(self.thresholds)), key=self.thresholds.__getitem__)
+        members = [self.circuits[i].members for i in order]
+        return all(bool((big & ~small).sum() == 0) for small, big in itertools.pairwise(members))
+
+
+def _check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+    values = tuple(float(t) for t in thresholds)
+    if not values:
+        raise ValueError("ACDC needs at least one threshold tau; pass e.g. thresholds=[0.01].")
+    if any(not math.isfinite(t) for t in values):
+        raise ValueError(f"ACDC thresholds must be finite numbers, got {list(values)}.")
+    if len(set(values)) != len(values):
+        raise ValueError(f"ACDC thresholds must be distinct, got {list(values)}; drop the repeated ones.")
+    return values
+
+
+def _check_batches(model: HookedTransformer, graph: Graph, batches: Sequence[MetricBatch]) -> list[MetricBatch]:
+    check_model(model, graph)
+    batches = list(batches)
+    if not batches or not all(isinstance(b, MetricBatch) for b in batches):
+        raise ValueError("ACDC needs a non-empty list of MetricBatch(tokens, ablated, metric); build one with kl_batches.")
+    for i, b in enumerate(batches):
+        if b.tokens.dim() != 2:
+            raise ValueError(f"Batch {i}: tokens must be (batch, pos), got shape {tuple(b.tokens.shape)}.")
+        batch, n_pos = b.tokens.shape
+        shape = tuple(b.ablated.shape)
+        if (
+            b.ablated.dim() != 4 or shape[0] != graph.n_sources or shape[1] not in (1, batch)
+            or shape[2] not in (1, n_pos) or shape[3] != model.cfg.d_model
+        ):
+            raise ValueError(
+                f"Batch {i}: ablated must be (source={graph.n_sources}, batch {batch} or 1, pos {n_pos} or 1, "
+                f"d_model={model.cfg.d_model}), got {shape}; build it with patching.ablation_values."
+            )
+        if not callable(b.metric):
+            raise ValueError(f"Batch {i}: metric must be a callable logits -> scalar loss.")
+    return batches
+
+
+def acdc_sweep(
+    model: HookedTransformer,
+    graph: Graph,
+    batches: Sequence[MetricBatch],
+    thresholds: Sequence[float],
+    *,
+    speculation: int = 8,
+    circuits_per_call: int = 8,
+    progress: bool = False,
+) -> AcdcSweep:
+    """ACDC for every tau in ``thresholds`` (see the module docstring); the model is not changed.
+
+    batches:     the examples and their metrics (a loss, lower is better), summed over batches.
+    thresholds:  distinct finite taus; an edge is removed when the metric rises by less than tau.
+    speculation: candidates of one destination evaluated ahead per group of taus (1 = one at a time;
+                 any value gives the same circuits, only the speed changes).
+    circuits_per_call: circuits per engine call, one pass each (memory: circuits x batch x pos x
+                 vocab logits; 8 is the engine's fastest pass size on CPU).
+    progress:    show a tqdm bar over the visit steps.
+    """
+    taus = _check_thresholds(thresholds)
+    batches = _check_batches(model, graph, batches)
+    if speculation < 1 or circuits_per_call < 1:
+        raise ValueError(f"speculation and circuits_per_call must be at least 1, got {speculation} and {circuits_per_call}.")
+    wiring = _wiring(graph)
+    evaluate = _Evaluator(model, graph, batches, circuits_per_call)
+    full = torch.ones(graph.n_edges, dtype=torch.bool)
+    by_value = sorted(range(len(taus)), key=taus.__getitem__)
+    predictor = _Predictor(torch.full((int(wiring.edge_kind.max()) + 1,), -1, dtype=torch.int8))
+    reaches = torch.zeros(graph.n_destinations, dtype=torch.bool)
+    runs = [_Run(by_value, full, evaluate([full])[0], reaches, predictor)]
+    decisions = [0] * len(taus)
+    for step in tqdm(wiring.steps, desc="ACDC", disable=not progress):
+        runs = _visit(step, runs, wiring, evaluate, taus, speculation, decisions)
+
+    circuits: list[Circuit | None] = [None] * len(taus)
+    metrics = [0.0] * len(taus)
+    for run in runs:
+        for t in run.taus:
+            circuits[t], metrics[t] = Circuit(graph, run.members.clone()), run.current
+    scores = torch.full((graph.n_edges,), -math.inf, dtype=torch.float64)
+    for t in by_value:  # ascending, so the largest tau keeping an edge is written last
+        scores[circuits[t].members] = taus[t]
+    return AcdcSweep(taus, tuple(circuits), tuple(metrics), scores, tuple(decisions), evaluate.n_evaluations)
+
+
+def acdc(
+    model: HookedTransformer, graph: Graph, batches: Sequence[MetricBatch], threshold: float, **options
+) -> Circuit:
+    """ACDC's circuit at one threshold tau; ``options`` as in ``acdc_sweep``."""
+    return acdc_sweep(model, graph, batches, [threshold], **options).circuits[0]
+
+
+def acdc_scores(
+    model: HookedTransformer,
+    graph: Graph,
+    clean: Tensor,
+    ablated: Tensor,
+    *,
+    thresholds: Sequence[float],
+    loss: ExampleLoss | None = None,
+    positions: Positions = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> Tensor:
+    """Per-edge ACDC scores for the common interface: float64 (n_edges,), higher = more important
+    (the largest tau keeping the edge, ``-inf`` if none).
+
+    clean: (n_examples, pos) tokens; ablated: (source, n_examples | 1, pos | 1, d_model);
+    loss: a per-example loss (see ``loss_batches``), e.g. the behavior's ``kl_divergence`` or
+    ``score``; without it, KL(full model || circuit) at ``positions`` (see ``kl_metric``).
+    """
+    if loss is not None and positions is not None:
+        raise ValueError("Give either a loss or positions for the default KL metric, not both; a loss picks its own positions.")
+    if loss is None:
+        batches = kl_batches(model, graph, clean, ablated, positions=positions, batch_size=batch_size)
+    else:
+        batches = loss_batches(model, graph, clean, ablated, loss, batch_size=batch_size)
+    return acdc_sweep(model, graph, batches, thresholds, progress=progress).scores
