@@ -9,7 +9,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DVC_NO_ANALYTICS = 1
 export MLFLOW_DISABLE_TELEMETRY = true
 
-.PHONY: setup chromium run run-flow test test-fast bench ui serve clean
+.PHONY: setup chromium run run-flow test test-fast test-organisms bench ui serve clean
 
 setup: $(VENV)/.installed .dvc/plots/offline.html chromium
 
@@ -38,8 +38,16 @@ run: setup
 run-flow: setup
 	$(BIN)/circuitflow run
 
+# The organisms' full training runs (accuracy targets of issue #4, minutes each) are left out until
+# the organisms join the default pipeline; run them with `make test-organisms`.
+ORGANISM_TRAINING = --deselect tests/test_organisms.py::test_full_training_reaches_the_accuracy_target \
+	--deselect tests/test_organisms.py::test_full_induction_training_learns_induction_heads
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(ORGANISM_TRAINING)
+
+test-organisms: setup
+	$(BIN)/python -m pytest -q tests/test_organisms.py
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

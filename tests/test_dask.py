@@ -99,7 +99,7 @@ def test_a_dask_cluster_writes_the_same_bytes_as_threads(tmp_path):
     root = make_project_copy(tmp_path / "project", edit_params=_sweep)
     env = project_env(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    assert "prefect" not in params  # the baseline is the default runner
+    assert params.get("prefect", {}).get("task_runner", "threads") == "threads"  # the baseline is the default runner
     started = time.monotonic()
     with prefect_server(env, tmp_path / "server.log") as url:
         env["PREFECT_API_URL"] = url
