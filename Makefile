@@ -43,14 +43,17 @@ run-flow: setup
 ORGANISM_TRAINING = --deselect tests/test_organisms.py::test_full_training_reaches_the_accuracy_target \
 	--deselect tests/test_organisms.py::test_full_induction_training_learns_induction_heads
 
+# The venv's bin first on PATH: the end-to-end tests run `circuitflow` and `dvc` as a user would.
+TEST_PATH = PATH="$(abspath $(BIN)):$$PATH"
+
 test: setup
-	$(BIN)/python -m pytest -q $(ORGANISM_TRAINING)
+	$(TEST_PATH) $(BIN)/python -m pytest -q $(ORGANISM_TRAINING)
 
 test-organisms: setup
-	$(BIN)/python -m pytest -q tests/test_organisms.py
+	$(TEST_PATH) $(BIN)/python -m pytest -q tests/test_organisms.py
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(TEST_PATH) $(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
 	$(BIN)/python benchmarks/bench_patching.py

@@ -77,6 +77,7 @@ def test_dvc_repro_runs_the_whole_dag(project):
 
     # `dvc plots show` renders offline: vega inlined, no CDN.
     if (ROOT / ".dvc/plots/offline.html").exists():
+        (root / ".dvc/plots").mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / ".dvc/plots/offline.html", root / ".dvc/plots/offline.html")
         run(project, "dvc", "plots", "show", "-o", "plots_page")
         page = (root / "plots_page" / "index.html").read_text()
