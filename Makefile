@@ -9,7 +9,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DVC_NO_ANALYTICS = 1
 export MLFLOW_DISABLE_TELEMETRY = true
 
-.PHONY: setup chromium run run-flow test test-fast test-organisms bench ui serve clean
+.PHONY: setup chromium run run-full run-flow test test-fast test-organisms bench ui serve clean
 
 setup: $(VENV)/.installed .dvc/plots/offline.html chromium
 
@@ -33,6 +33,10 @@ $(VENV)/.installed: pyproject.toml
 # The default pipeline through DVC, all stages sharing one local Prefect server.
 run: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m flows.local_server $(BIN)/dvc repro
+
+# The papers' full settings (params-full.yaml) as a DVC experiment; params.yaml stays as it is.
+run-full: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m flows.local_server $(BIN)/dvc exp run $$($(BIN)/python tools/params_overrides.py params-full.yaml)
 
 # The same DAG as one Prefect flow, without DVC.
 run-flow: setup

@@ -1,8 +1,10 @@
 """Adversarial evaluation at the paper's scale: KL(full || circuit) on 1,000 x 1,000 (clean, corrupted) pairs.
 
-Model: IOI-organism-sized, random weights (no trained IOI organism is built by the pipeline yet):
-3 layers, d_model 64, 4 heads (d_head 16), d_mlp 256, vocab 100, 15-token inputs, LayerNorm, GELU.
-Circuit: a random one keeping 30% of the edges (seed 0): one engine circuit per pair, plus the
+Model: the trained IOI organism and its ACDC circuit, where the pipeline has built them
+(data/models/ioi-organism, data/discover/ioi; `dvc repro discover@ioi`), on IOI prompts from the
+behavior's generator (1,000 clean, 1,000 corrupted, ACDC's ABC corruption).  Without them (or with
+--random), an organism-sized random model: 3 layers, d_model 64, 4 heads, d_mlp 256, vocab 100,
+15-token inputs, and a random circuit of 30% of the edges.  One engine circuit per pair, plus the
 all-edges reference once per clean input.  Pairs stream to Parquet.
 Reports wall time, pairs per second, resident memory (RSS sampled every 0.2 s while pairs stream:
 flat means it does not grow with the pairs done; ru_maxrss peak before and after), the KL summary
@@ -62,6 +64,34 @@ class RssSampler(threading.Thread):
             self.samples.append((time.perf_counter() - start, rss_mb()))
 
 
+ORGANISM, CIRCUIT = Path("data/models/ioi-organism"), Path("data/discover/ioi/acdc_circuit.json")
+
+
+def ioi_organism(n_clean: int, n_corrupted: int):
+    """The pipeline's IOI organism, its ACDC circuit, and IOI prompts (seed 0)."""
+    from circuitflow.behaviors import get_behavior
+    from circuitflow.models import load_model
+
+    loaded = load_model(ORGANISM)
+    behavior = get_behavior("ioi")
+    examples = behavior.encode(behavior.make_dataset(max(n_clean, n_corrupted), 0), loaded.tokenizer)
+    circuit = Circuit.load(CIRCUIT, loaded.graph)
+    description = f"IOI organism ({loaded.model.cfg.n_layers} layers, d_model {loaded.model.cfg.d_model}), its ACDC circuit"
+    return loaded.model, loaded.graph, examples["clean"][:n_clean], examples["corrupted"][:n_corrupted], circuit, description
+
+
+def random_model(n_clean: int, n_corrupted: int):
+    cfg = HookedTransformerConfig(n_layers=3, d_model=64, n_heads=4, d_head=16, d_mlp=256, d_vocab=VOCAB,
+                                  n_ctx=N_POS, act_fn="gelu", normalization_type="LN", seed=0)
+    model = HookedTransformer(cfg).eval()
+    graph = Graph.from_config(cfg)
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, VOCAB, (n_clean, N_POS), generator=generator)
+    corrupted = torch.randint(0, VOCAB, (n_corrupted, N_POS), generator=generator)
+    circuit = Circuit(graph, torch.rand(graph.n_edges, generator=generator) < 0.3)
+    return model, graph, clean, corrupted, circuit, "3 layers, d_model 64, 4 heads, d_mlp 256, vocab 100, 15 tokens, random weights"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-clean", type=int, default=1000)
@@ -71,18 +101,15 @@ def main() -> None:
     parser.add_argument("--search-steps", type=int, default=100, help="gradient-search steps (0 skips the search)")
     parser.add_argument("--out", type=Path, default=None, help="where to write pairs.parquet (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--random", action="store_true", help="the random-weight model even when the IOI organism is built")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = HookedTransformerConfig(n_layers=3, d_model=64, n_heads=4, d_head=16, d_mlp=256, d_vocab=VOCAB,
-                                  n_ctx=N_POS, act_fn="gelu", normalization_type="LN", seed=0)
-    model = HookedTransformer(cfg).eval()
-    graph = Graph.from_config(cfg)
-    generator = torch.Generator().manual_seed(0)
-    clean = torch.randint(0, VOCAB, (args.n_clean, N_POS), generator=generator)
-    corrupted = torch.randint(0, VOCAB, (args.n_corrupted, N_POS), generator=generator)
-    circuit = Circuit(graph, torch.rand(graph.n_edges, generator=generator) < 0.3)
+    if not args.random and ORGANISM.joinpath("config.json").exists() and CIRCUIT.exists():
+        model, graph, clean, corrupted, circuit, description = ioi_organism(args.n_clean, args.n_corrupted)
+    else:
+        model, graph, clean, corrupted, circuit, description = random_model(args.n_clean, args.n_corrupted)
 
     folder = args.out or Path(tempfile.mkdtemp(prefix="bench_adversarial_"))
     path = folder / "pairs.parquet"
@@ -104,7 +131,7 @@ def main() -> None:
     verdict = tail_verdict(kl)
 
     figures = {
-        "model": "3 layers, d_model 64, 4 heads, d_mlp 256, vocab 100, 15 tokens, random weights",
+        "model": description,
         "edges": graph.n_edges,
         "circuit_edges": len(circuit),
         "pairs": n_pairs,

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from circuitflow.behaviors import get_behavior
-from circuitflow.discovery import METHODS
+from circuitflow.discovery import METHODS, method_settings
 from circuitflow.models import MODEL_KINDS
 from circuitflow.patching import ABLATIONS
 
@@ -112,11 +112,36 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         _require(isinstance(batch_size, int) and batch_size > 0, f"Pair {name!r}: batch_size must be a positive integer.")
         parsed[name] = Pair(name, model, behavior, n_examples, seed, ablation, batch_size)
 
-    methods = tuple((raw.get("discover") or {}).get("methods") or ())
-    unknown = [m for m in methods if m not in METHODS]
-    _require(not unknown, f"Unknown discovery method {unknown[0]!r} in discover.methods; known methods: {', '.join(METHODS)}." if unknown else "")
-    _require(bool(methods), f"{path}: discover.methods must list at least one method ({', '.join(METHODS)}).")
+    methods = _check_discover(raw.get("discover") or {}, path)
     return Params(raw=raw, models=models, pairs=parsed, methods=methods)
+
+
+def _check_discover(discover: dict, path: Path) -> tuple[str, ...]:
+    """The ``discover`` section: the methods, each method's settings, and the circuit rule."""
+    _require(isinstance(discover, dict), f"{path}: `discover` must be a mapping with `methods`.")
+    methods = tuple(discover.get("methods") or ())
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"Unknown discovery method {unknown[0]!r} in discover.methods; known methods: {', '.join(METHODS)}.")
+    _require(bool(methods), f"{path}: discover.methods must list at least one method ({', '.join(METHODS)}).")
+    extra = sorted(set(discover) - {"methods", "circuit", *METHODS})
+    if extra:
+        raise ConfigError(f"discover has unknown key {extra[0]!r}; allowed: methods, circuit, {', '.join(METHODS)}.")
+    for method in METHODS:
+        try:
+            method_settings(method, discover.get(method))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    circuit = discover.get("circuit") or {}
+    _require(isinstance(circuit, dict) and set(circuit) <= {"size", "recovered"},
+             "discover.circuit takes `size` (an integer or ground_truth) and `recovered` (a fraction).")
+    size = circuit.get("size", "ground_truth")
+    _require(size == "ground_truth" or (isinstance(size, int) and not isinstance(size, bool) and size >= 0),
+             f"discover.circuit.size must be a non-negative integer or ground_truth, got {size!r}.")
+    recovered = circuit.get("recovered", 0.8)
+    _require(isinstance(recovered, (int, float)) and not isinstance(recovered, bool) and 0 < recovered <= 1,
+             f"discover.circuit.recovered must be a fraction in (0, 1], got {recovered!r}.")
+    return methods
 
 
 # ---- where artefacts live (every path is a DVC out; see dvc.yaml) ------------------------------

@@ -18,7 +18,7 @@ def _run_step(stage: str, key: str | None, params_path: str, parent_run: str | N
     name = f"{stage}@{key}" if key else stage
     with mlflow_run(name, experiment, tags={"dvc_stage": name}, nested_under=parent_run):
         result = step(params, key) if key else step(params)
-        log_step(result.params, result.metrics, result.artifacts)
+        log_step(result.params, result.metrics, result.artifacts, result.curves)
     return result.metrics
 
 

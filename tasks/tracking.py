@@ -59,14 +59,25 @@ def mlflow_run(name: str, experiment: str, tags: dict[str, str] | None = None, n
         yield run
 
 
-def log_step(params: dict[str, Any], metrics: dict[str, float], artifacts: list[Path]) -> None:
-    """Log a finished step's params, metrics and artefacts to the active run."""
+def log_step(params: dict[str, Any], metrics: dict[str, float], artifacts: list[Path],
+             curves: dict[str, tuple[list[int], list[float]]] | None = None) -> None:
+    """Log a finished step's params, metrics, curves (name -> (steps, values), one metric history
+    each, in one batch) and artefacts to the active run."""
+    import time
+
     import mlflow
+    from mlflow.entities import Metric
 
     if params:
         mlflow.log_params(_flatten(params))
     if metrics:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    if curves:
+        now = int(time.time() * 1000)
+        history = [Metric(name, float(value), now, int(step)) for name, (steps, values) in curves.items() for step, value in zip(steps, values)]
+        run_id = mlflow.active_run().info.run_id
+        for start in range(0, len(history), 1000):  # MLflow's batch limit
+            mlflow.MlflowClient().log_batch(run_id, metrics=history[start : start + 1000])
     for path in artifacts:
         path = Path(path)
         if path.is_file():

@@ -45,12 +45,31 @@ def project_files() -> list[str]:
 
 
 def tiny_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The default params shrunk so that the whole DAG runs in seconds (changes ``params`` in place and returns it)."""
+    """The default params shrunk so that the whole DAG runs in seconds per stage (changes ``params``
+    in place and returns it): organisms train for a few steps (the code path, not a trained model)."""
     for pair in params["pairs"].values():
         pair.update(n_examples=24, batch_size=12)
+    for spec in params["models"].values():
+        if spec["kind"] == "organism":
+            spec.update(steps=6, n_train=300, n_eval=20, eval_every=3, d_model=32, n_heads=2)
+    discover = params["discover"]
+    if "acdc" in discover:
+        discover["acdc"]["thresholds"] = [1e-3, 1e-2, 0.1]
+    if "sp" in discover:
+        discover["sp"].update(steps=5, lambdas=[0.1, 1.0])
     params["evaluate"]["faithfulness_points"] = 5
     if isinstance(params["evaluate"].get("hypothesis_tests"), dict):
         params["evaluate"]["hypothesis_tests"].update(n_random=20, n_permutations=50, n_references=20)
+    if isinstance(params["evaluate"].get("adversarial"), dict):
+        params["evaluate"]["adversarial"].update(n_clean=8, n_corrupted=8, search={"restarts": 2, "steps": 3})
+    return params
+
+
+def only_pairs(params: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Keep the pairs ``names`` and the models they use (in place; returns ``params``)."""
+    params["pairs"] = {name: params["pairs"][name] for name in names}
+    used = {pair["model"] for pair in params["pairs"].values()}
+    params["models"] = {name: spec for name, spec in params["models"].items() if name in used}
     return params
 
 

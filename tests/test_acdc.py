@@ -282,6 +282,23 @@ def test_kl_batches_metric_of_the_full_circuit_is_zero(make_model, tokens):
     assert sweep.metrics[0] <= 1.0
 
 
+def test_kl_batches_read_positions_and_acdc_reading_every_position(make_model, tokens):
+    """kl_batches tells ACDC where its metric reads; computing the logits only there (and the last
+    layer's attention for those queries only) changes nothing but the speed."""
+    model, graph, batches = _setup(make_model, tokens, seed=3)
+    assert [b.read_positions.tolist() for b in batches] == [[6], [6]]
+    clean, corrupted = tokens
+    ablated = ablation_values("resample", corrupted=source_outputs(model, graph, corrupted))
+    per_example = torch.tensor([6, 2, 6, 2, 5, 5])
+    split = kl_batches(model, graph, clean, ablated, positions=per_example, batch_size=4)
+    assert [b.read_positions.tolist() for b in split] == [[2, 6], [5]]
+    assert all(b.read_positions is None for b in kl_batches(model, graph, clean, ablated, batch_size=4))
+    everywhere = [MetricBatch(b.tokens, b.ablated, b.metric) for b in batches]
+    sweep, reference = acdc_sweep(model, graph, batches, TAUS), acdc_sweep(model, graph, everywhere, TAUS)
+    assert [c.edges for c in sweep.circuits] == [c.edges for c in reference.circuits]
+    assert sweep.metrics == pytest.approx(reference.metrics, rel=1e-12, abs=1e-15)
+
+
 # ---- errors ------------------------------------------------------------------------------------
 
 
@@ -301,6 +318,9 @@ def test_bad_input_is_one_clear_error(make_model, tokens):
     vector = MetricBatch(batches[0].tokens, batches[0].ablated, lambda logits: logits[:, -1, 0])
     with pytest.raises(ValueError, match="must return a scalar"):
         acdc_sweep(model, graph, [vector], [0.1])
+    outside = MetricBatch(batches[0].tokens, batches[0].ablated, batches[0].metric, torch.tensor([7]))
+    with pytest.raises(ValueError, match="read_positions must be"):
+        acdc_sweep(model, graph, [outside], [0.1])
     with pytest.raises(ValueError, match="does not belong to this model"):
         acdc_sweep(model, Graph(n_layers=1, n_heads=2, attn_only=False), batches, [0.1])
     with pytest.raises(ValueError, match="at least 1"):

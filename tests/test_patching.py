@@ -5,7 +5,13 @@ import torch
 
 from circuitflow.circuit import Circuit
 from circuitflow.graph import Graph
-from circuitflow.patching import ablation_values, run_circuits, source_outputs
+from circuitflow.patching import (
+    ablation_values,
+    run_circuits,
+    run_circuits_from,
+    source_outputs,
+    sources_before,
+)
 
 ARCHITECTURES = {
     "gpt2-like": dict(),
@@ -197,3 +203,93 @@ def test_a_graph_of_another_model_is_refused(make_model, tokens):
     model = make_model()
     with pytest.raises(ValueError, match="does not belong to this model"):
         source_outputs(model, Graph(n_layers=2, n_heads=4, attn_only=False), tokens[0])
+
+
+# ---- resuming a forward pass from given upstream source outputs ----------------------------------
+
+RESUME_CASES = {
+    **{name: (overrides, {}) for name, overrides in ARCHITECTURES.items()},
+    "split input (tracr-like)": ({"normalization_type": None, "act_fn": "relu"}, {"split_input": True}),
+    "q/k/v direct edges": ({}, {"qkv_direct_edges": True}),
+    "per-position edges": ({}, {"n_positions": 7}),
+}
+
+
+def _edge_destinations(graph: Graph) -> torch.Tensor:
+    """Per edge, the index of the destination it enters (a direct edge: its q/k/v input)."""
+    names = [name.split(" @ ")[0].split(" -> ") for name in graph.edge_names]
+    return torch.tensor([graph.destination_index[dst if dst in graph.destination_index else src] for src, dst in names])
+
+
+def test_sources_before_gives_the_resume_points():
+    graph = Graph(n_layers=2, n_heads=2, attn_only=False)
+    expected = {"a0.0.q": 1, "a0.1.v": 1, "m0": 3, "a1.0.k": 4, "m1": 6, "logits": 7}
+    assert {name: sources_before(graph, graph.destination_index[name]) for name in expected} == expected
+    attn_only = Graph(n_layers=2, n_heads=2, attn_only=True, split_input=True)
+    assert [sources_before(attn_only, d) for d in range(attn_only.n_destinations)] == [2] * 6 + [4] * 6 + [6]
+
+
+@pytest.mark.parametrize("case", RESUME_CASES, ids=RESUME_CASES.keys())
+def test_resumed_forward_equals_the_full_forward(make_model, tokens, case):
+    """From every resume point, circuits that keep the edges into the earlier destinations give the
+    full forward's logits (float64: identical up to rounding), at every position or at some; what
+    the masks say about those earlier edges is ignored."""
+    overrides, graph_options = RESUME_CASES[case]
+    model = make_model(seed=8, dtype=torch.float64, **overrides)
+    clean, corrupted = tokens
+    graph = Graph.from_config(model.cfg, **graph_options)
+    ablated = ablation_values("resample", corrupted=source_outputs(model, graph, corrupted))
+    clean_outputs = source_outputs(model, graph, clean)
+    resume_at = torch.tensor([sources_before(graph, d) for d in range(graph.n_destinations)])[_edge_destinations(graph)]
+    generator = torch.Generator().manual_seed(0)
+    for n_upstream in sorted(set(resume_at.tolist())):
+        masks = (torch.rand(4, graph.n_edges, generator=generator, dtype=torch.float64) < 0.6).double()
+        earlier = resume_at < n_upstream
+        masks[:, earlier] = 1.0
+        ignored = masks.clone()
+        ignored[:, earlier] = 0.0  # edges into earlier destinations: the given outputs stand
+        with torch.no_grad():
+            full = run_circuits(model, graph, clean, ablated, masks)
+            resumed = run_circuits_from(model, graph, clean, ablated, ignored, clean_outputs[:n_upstream], circuits_per_pass=3)
+            assert relative_error(resumed, full) < 1e-12, n_upstream
+            for positions in (torch.tensor([-1]), torch.tensor([4, 0])):
+                some = run_circuits_from(model, graph, clean, ablated, masks, clean_outputs[:n_upstream], positions=positions)
+                assert relative_error(some, full[:, :, positions]) < 1e-12, (n_upstream, positions)
+            single = run_circuits_from(model, graph, clean, ablated, masks[0], clean_outputs[:n_upstream])
+            assert relative_error(single, full[0]) < 1e-12
+
+
+def test_resumed_forward_is_differentiable_in_the_mask(make_model, tokens):
+    model = make_model(seed=9, dtype=torch.float64)
+    clean, corrupted = tokens
+    graph = Graph.from_config(model.cfg)
+    ablated = ablation_values("resample", corrupted=source_outputs(model, graph, corrupted))
+    n_upstream = sources_before(graph, graph.destination_index["a1.0.q"])
+    later = torch.tensor([sources_before(graph, d) >= n_upstream for d in _edge_destinations(graph).tolist()])
+    mask = torch.where(later, 0.7, 1.0).double().requires_grad_(True)
+    last = torch.tensor([clean.shape[1] - 1])
+    full = torch.autograd.grad(run_circuits(model, graph, clean, ablated, mask)[:, -1].logsumexp(-1).sum(), mask)[0]
+    upstream = source_outputs(model, graph, clean)[:n_upstream]
+    resumed = run_circuits_from(model, graph, clean, ablated, mask, upstream, positions=last)[:, 0].logsumexp(-1).sum()
+    gradient = torch.autograd.grad(resumed, mask)[0]
+    assert torch.allclose(gradient[later], full[later], rtol=1e-10, atol=1e-12)
+    assert gradient[~later].abs().max() == 0 and full[later].abs().max() > 0
+
+
+def test_resuming_at_a_wrong_point_or_positions_is_one_clear_error(make_model, tokens):
+    model = make_model()
+    clean, _ = tokens
+    graph = Graph.from_config(model.cfg)
+    outputs = source_outputs(model, graph, clean)
+    ablated = ablation_values("zero", like=outputs)
+    mask = torch.ones(graph.n_edges)
+    with pytest.raises(ValueError, match="cannot resume after 3 sources"):
+        run_circuits_from(model, graph, clean, ablated, mask, outputs[:3])
+    with pytest.raises(ValueError, match="upstream must be"):
+        run_circuits_from(model, graph, clean, ablated, mask, outputs[:6, :2])
+    with pytest.raises(ValueError, match="outside inputs of 7 positions"):
+        run_circuits_from(model, graph, clean, ablated, mask, outputs[:6], positions=torch.tensor([7]))
+    with pytest.raises(ValueError, match="distinct"):
+        run_circuits_from(model, graph, clean, ablated, mask, outputs[:6], positions=torch.tensor([1, -6]))
+    with pytest.raises(ValueError, match="outside the graph"):
+        sources_before(graph, graph.n_destinations)

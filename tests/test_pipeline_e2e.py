@@ -3,9 +3,7 @@
 This is how a user runs it: a broken stage fails here, not for them.
 """
 
-import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,37 +11,20 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import yaml
+from project_copy import digests, make_project_copy, only_pairs, project_env
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def tracked_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return [name for name in out.split("\0") if name and not name.startswith("data/")]
+# One tracr pair (a ground truth) and one organism (adversarial evaluation); the other pairs take
+# the same code paths, and every stage is a process of its own, so each pair costs about a minute.
+PAIRS = ["tracr-reverse", "ioi"]
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A copy of the project with tiny params, its own git repository and DVC, and the venv on PATH."""
-    root = tmp_path_factory.mktemp("project")
-    for name in tracked_files():
-        if (ROOT / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, root / name)
-    (root / "dvc.lock").unlink(missing_ok=True)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for pair in params["pairs"].values():
-        pair.update(n_examples=24, batch_size=12)
-    params["evaluate"]["faithfulness_points"] = 5
-    params["evaluate"]["hypothesis_tests"].update(n_random=20, n_permutations=50, n_references=20)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    env.pop("PREFECT_API_URL", None)
-    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
-        subprocess.run(command, cwd=root, check=True, env=env)
-    return root, env
+    root = make_project_copy(tmp_path_factory.mktemp("project"), edit_params=lambda params: only_pairs(params, PAIRS))
+    return root, project_env(root)
 
 
 def run(project, *command, check=True):
@@ -54,23 +35,25 @@ def run(project, *command, check=True):
     return result
 
 
-def digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((root / "data").rglob("*")) if p.is_file()}
-
-
 def test_dvc_repro_runs_the_whole_dag(project):
     root, _ = project
     run(project, sys.executable, "-m", "flows.local_server", "dvc", "repro")
-    for path in ["models/tracr-reverse/model.safetensors", "models/tracr-proportion/ground_truth.json",
-                 "datasets/tracr-reverse/dataset.parquet", "cache/tracr-proportion/corrupted.parquet",
+    for path in ["models/tracr-reverse/model.safetensors", "models/tracr-reverse/ground_truth.json",
+                 "datasets/tracr-reverse/dataset.parquet", "cache/tracr-reverse/corrupted.parquet",
                  "discover/tracr-reverse/scores.parquet", "discover/tracr-reverse/eap_circuit.json",
-                 "evaluate/tracr-proportion/roc.parquet", "report/index.html"]:
+                 "evaluate/tracr-reverse/roc.parquet", "report/index.html",
+                 "models/ioi-organism/model.safetensors", "discover/ioi/acdc_circuit.json",
+                 "evaluate/ioi/adversarial/pair_kl.parquet", "evaluate/tracr-reverse/adversarial/skipped.json",
+                 "figures/hypothesis/table.csv", "figures/adversarial/percentiles.csv", "figures/adversarial/ioi_groups_ioi.png"]:
         assert (root / "data" / path).is_file(), path
-    metrics = json.loads((root / "data/evaluate/tracr-proportion/metrics.json").read_text())
-    assert 0.5 < metrics["eap_edge_auc_trapezoid"] <= 1.0
+    metrics = json.loads((root / "data/evaluate/tracr-reverse/metrics.json").read_text())
+    assert metrics["acdc_edge_auc_pessimistic"] == 1.0  # as in the ACDC paper, even on 24 examples
     assert metrics["ground_truth_equivalence_passes"] == 1.0  # the tracr circuit preserves the model
-    tests = pl.read_parquet(root / "data/evaluate/tracr-proportion/hypothesis_tests.parquet")
+    tests = pl.read_parquet(root / "data/evaluate/tracr-reverse/hypothesis_tests.parquet")
     assert set(tests["test"]) == {"equivalence", "independence", "minimality", "sufficiency", "partial_necessity"}
+    assert set(tests["circuit"]) == {"ground_truth", "acdc", "eap-ig"}  # evaluate.hypothesis_tests.circuits
+    kl = pl.read_parquet(root / "data/evaluate/ioi/adversarial/pair_kl.parquet")
+    assert kl.height == 8 * 8 * 4 and (kl.filter(pl.col("circuit") == "full model")["kl"] == 0).all()
     html = (root / "data/report/index.html").read_text()
     assert "tracr-reverse" in html and "data:image/png;base64" in html
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
@@ -89,7 +72,8 @@ def test_dvc_repro_runs_the_whole_dag(project):
 
     # The same params give byte-identical artefacts: rerun discover and evaluate of one pair.
     before = digests(root)
-    run(project, "dvc", "repro", "--force", "--single-item", "discover@tracr-reverse", "evaluate@tracr-reverse")
+    run(project, "dvc", "repro", "--force", "--single-item", "discover@tracr-reverse", "evaluate@tracr-reverse",
+        "figure-hypothesis", "figure-adversarial")  # each figure stage reruns alone from the pinned artefacts
     assert digests(root) == before
 
     # Every stage logged an MLflow run.
@@ -100,11 +84,11 @@ def test_unknown_behavior_stops_dvc_repro_with_one_sentence(project):
     root, _ = project
     original = (root / "params.yaml").read_text()
     try:
-        (root / "params.yaml").write_text(original.replace("behavior: tracr-proportion", "behavior: tracr-propotion"))
+        (root / "params.yaml").write_text(original.replace("behavior: tracr-reverse", "behavior: tracr-revers"))
         result = run(project, "dvc", "repro", check=False)
         assert result.returncode != 0
         output = result.stdout + result.stderr
-        assert "Pair 'tracr-proportion' names unknown behavior 'tracr-propotion'; known behaviors: tracr-reverse, tracr-proportion" in output
+        assert "Pair 'tracr-reverse' names unknown behavior 'tracr-revers'; known behaviors: tracr-reverse, tracr-proportion" in output
         assert "Traceback" not in output
     finally:
         (root / "params.yaml").write_text(original)
@@ -126,6 +110,8 @@ def test_circuitflow_run_is_the_same_dag_in_one_flow(project):
     parents = [r for r in runs if r.info.run_name == "pipeline"]
     assert parents
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert {r.info.run_name for r in children} >= {"models@tracr-reverse", "evaluate@tracr-proportion", "report"}
-    evaluate = next(r for r in children if r.info.run_name == "evaluate@tracr-proportion")
+    assert {r.info.run_name for r in children} >= {"models@tracr-reverse", "evaluate@ioi", "report"}
+    evaluate = next(r for r in children if r.info.run_name == "evaluate@tracr-reverse")
     assert "eap_edge_auc_trapezoid" in evaluate.data.metrics and evaluate.data.tags["git_commit"]
+    training = next(r for r in children if r.info.run_name == "models@ioi-organism")
+    assert [m.step for m in client.get_metric_history(training.info.run_id, "train_loss")] == list(range(6))  # the curve, step by step

@@ -207,7 +207,7 @@ def test_dataset_deterministic_and_deranged(built):
     compiled, model, info, _ = built
     name = BEHAVIOR[compiled.name]
     full = behaviors.make_dataset(name, None, seed=0, info=info)
-    assert full.height == {"reverse": 243, "proportion": 1024}[name]
+    assert full.height == {"reverse": 81, "proportion": 256}[name]  # every input of length 4
     assert sorted(map(tuple, full["clean"].to_list())) == sorted(map(tuple, full["corrupted"].to_list()))
     sample = behaviors.make_dataset(name, 40, seed=7, info=info)
     assert sample.equals(behaviors.make_dataset(name, 40, seed=7, info=info))
@@ -216,7 +216,7 @@ def test_dataset_deterministic_and_deranged(built):
         clean, corrupted = data["clean"].to_list(), data["corrupted"].to_list()
         assert len(set(map(tuple, clean))) == len(clean)  # without replacement
         assert all(c != k for c, k in zip(clean, corrupted))  # derangement: no example paired with itself
-        assert all(len(row) == 6 and row[0] == info.bos_id for row in clean + corrupted)
+        assert all(len(row) == 5 and row[0] == info.bos_id for row in clean + corrupted)
         assert set(map(tuple, corrupted)) == set(map(tuple, clean))
     # the answers (from the RASP program) are what the model outputs
     out = model(behaviors.tokens(full))[:, 1:]
@@ -236,7 +236,7 @@ def test_derangement_and_dataset_errors():
         behaviors.derangement(1, rng)
     with pytest.raises(ValueError, match="'proportion'"):
         behaviors.make_dataset("frac_prevs", 10, seed=0)
-    with pytest.raises(ValueError, match="ask for 2 to 243"):
+    with pytest.raises(ValueError, match="ask for 2 to 81"):
         behaviors.make_dataset("reverse", 500, seed=0, info=tracr.TracrInfo(
             name="reverse", input_tokens=(1, 2, 3, "BOS", "compiler_pad"), bos_id=3, pad_id=4,
             output_tokens=(1, 2, 3), categorical_output=True, max_seq_len=5, residual_labels=()))

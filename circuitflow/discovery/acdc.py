@@ -40,9 +40,9 @@ prediction the rest of the chain is dropped and the walk restarts from the next 
 true circuit.  The result is therefore the one-edge-at-a-time algorithm's (``tests/test_acdc.py``
 keeps that naive version and checks that the circuits are identical).  One caveat of floating
 point: the engine's logits for a circuit can differ in the last bits with the number of circuits in
-the call and the circuit's place in it (BLAS kernels treat leftover rows differently; ~1e-16 relative
-in float64), so a decision could differ from the one-at-a-time run's only where a delta lies that
-close to tau.  For the same reason prefer a small positive tau to tau = 0, where edges without any
+the call, the circuit's place in it (BLAS kernels treat leftover rows differently) and the point the
+pass resumes from (see below; ~1e-16 relative in float64), so a decision could differ from the
+one-at-a-time run's only where a delta lies that close to tau.  For the same reason prefer a small positive tau to tau = 0, where edges without any
 effect (delta 0 up to rounding) would be decided by rounding.  Given the same inputs and settings
 the result is the same in every process.
 
@@ -50,10 +50,21 @@ Predictions (they set the speed, never the result): an edge's delta seen in a dr
 chain, else the last decision on an edge from the same source into the same kind of destination
 (q, k, v, MLP, logits: an important source tends to matter to every head's value input, say), else
 the last decision.  The chain length adapts to how often chains break (at most ``speculation``).
-Cost: every decision needs one circuit forward pass; what batching saves is per-call overhead and,
-where the hardware has it, the better throughput of larger matrix products (a GPU, several cores);
-on one CPU core a circuit in a batched call costs about one plain forward pass either way, and
-wrongly predicted candidates (10-20% extra on the benchmark) are the price.
+
+Partial forward passes
+----------------------
+Every decision needs one circuit evaluated, but not a whole forward pass.  When the edges into a
+destination are decided, every destination of an earlier stage (the q/k/v inputs of the same or an
+earlier layer, earlier MLPs) is still whole -- it is visited later -- so the sources written before
+the destination reads the residual stream deliver their clean outputs, in every candidate circuit of
+every threshold.  Those are computed once per batch (``source_outputs``) and each engine call resumes
+there (``patching.run_circuits_from``): candidates into the logits cost the unembedding only, into
+the last layer about a quarter of a pass.  The resume point is read off the evaluated masks (the
+earliest destination any of them ablates an edge into), so it is exact whatever the circuits.
+Where the metric reads only some positions (``MetricBatch.read_positions``, set by ``kl_batches``:
+the KL at the last position, say) the last layer's attention runs for those queries only and its
+MLP, the final LayerNorm and the unembedding at those positions only.  Speculation still saves the
+per-call overhead; wrongly predicted candidates (~5-15% extra on the benchmark) are its price.
 
 Threshold sweeps
 ----------------
@@ -86,7 +97,7 @@ from transformer_lens import HookedTransformer
 
 from circuitflow.circuit import Circuit
 from circuitflow.graph import Graph
-from circuitflow.patching import check_model, kl_divergence, run_circuits
+from circuitflow.patching import check_model, kl_divergence, run_circuits, run_circuits_from, source_outputs, sources_before
 
 # metric(logits (batch, pos, vocab)) -> scalar tensor; a loss, lower is better
 Metric = Callable[[Tensor], Tensor]
@@ -108,12 +119,17 @@ class MetricBatch:
     metric:  logits (batch, pos, vocab) -> scalar, a loss (lower is better).  To average over all
              examples of several batches, each batch's metric sums over its examples and divides by
              the total number of examples (``kl_metric(..., n_total=...)`` does).
+    read_positions: long (n,) the positions the metric reads, or None (default) for every position:
+             ACDC then computes the logits only there (the last layer's attention for those queries,
+             its MLP and the unembedding at those positions) and hands the metric logits that are 0
+             at every other position.  ``kl_batches`` sets it from its ``positions``.
     Batches may differ in length (tracr inputs of length 1..5 are five batches).
     """
 
     tokens: Tensor
     ablated: Tensor
     metric: Metric
+    read_positions: Tensor | None = None
 
 
 def _selected_positions(positions: Positions, batch: int, n_pos: int) -> tuple[Tensor, Tensor]:
@@ -208,13 +224,19 @@ def kl_batches(
     tokens: (n_examples, pos); ablated: (source, n_examples | 1, pos | 1, d_model); positions as in
     ``kl_metric`` for the whole dataset (a per-example tensor or mask is split with the batches);
     n_total: the examples over all lists of batches to be concatenated (default: n_examples).
-    The full circuit's metric is exactly 0.
+    The full circuit's metric is exactly 0.  Each batch's ``read_positions`` are the positions
+    ``positions`` selects in it (None for every position).
     """
     n_total = n_total or tokens.shape[0]
-    return [
-        MetricBatch(batch_tokens, batch_ablated, kl_metric(model_logits, positions[rows] if isinstance(positions, Tensor) else positions, n_total=n_total))
-        for rows, batch_tokens, batch_ablated, model_logits in _split(model, graph, tokens, ablated, batch_size)
-    ]
+    batches = []
+    for rows, batch_tokens, batch_ablated, model_logits in _split(model, graph, tokens, ablated, batch_size):
+        batch_positions = positions[rows] if isinstance(positions, Tensor) else positions
+        metric = kl_metric(model_logits, batch_positions, n_total=n_total)
+        read = None
+        if batch_positions is not None:  # the positions the metric reads, for ACDC's engine calls
+            read = _selected_positions(batch_positions, *batch_tokens.shape)[1].unique()
+        batches.append(MetricBatch(batch_tokens, batch_ablated, metric, read))
+    return batches
 
 
 def loss_batches(
@@ -273,11 +295,12 @@ class VisitStep:
 
 @dataclass(frozen=True)
 class _Wiring:
-    """Per edge: its source and destination indices (-1 for direct edges); per source, its outgoing
-    residual edges; the ACDC visit steps."""
+    """Per edge: its source and destination indices (-1 for direct edges) and where a forward pass
+    evaluating its removal can resume; per source, its outgoing residual edges; the ACDC visit steps."""
 
     edge_source: Tensor  # long (n_edges,)
     edge_dest: Tensor  # long (n_edges,)
+    edge_upstream: Tensor  # long (n_edges,): sources_before(the q/k/v/MLP/logits input the edge enters)
     edge_kind: Tensor  # long (n_edges,): the predictor's key, (source, kind of destination) flattened
     outgoing: tuple[Tensor, ...]  # per source: long edge indices
     steps: tuple[VisitStep, ...]
@@ -296,6 +319,10 @@ def _wiring(graph: Graph) -> _Wiring:
         else:  # a direct edge "a.q -> a"
             direct_of[src] = e
     outgoing = tuple((edge_source == s).nonzero().flatten() for s in range(graph.n_sources))
+    upstream_of = torch.tensor([sources_before(graph, d) for d in range(graph.n_destinations)])
+    edge_upstream = upstream_of[edge_dest.clamp(min=0)]
+    for name, e in direct_of.items():  # a direct edge acts on its q/k/v input
+        edge_upstream[e] = upstream_of[graph.destination_index[name]]
     # destination kinds q, k, v, MLP, logits; direct edges share a row of their own, by q/k/v
     kinds = torch.tensor([_KINDS.index(d[-1] if d[-2:] in (".q", ".k", ".v") else d[0]) for d in graph.destinations])
     edge_kind = torch.where(edge_dest >= 0, edge_source * len(_KINDS) + kinds[edge_dest.clamp(min=0)], 0)
@@ -311,7 +338,7 @@ def _wiring(graph: Graph) -> _Wiring:
         incoming = (edge_dest == d).nonzero().flatten().flip(0)
         feeds = -1 if name == "logits" else graph.source_index[head or name]
         steps.append(VisitStep(name, incoming, d, feeds, direct_of.get(name, -1)))
-    return _Wiring(edge_source, edge_dest, edge_kind, outgoing, tuple(steps))
+    return _Wiring(edge_source, edge_dest, edge_upstream, edge_kind, outgoing, tuple(steps))
 
 
 def visit_order(graph: Graph) -> list[VisitStep]:
@@ -384,25 +411,62 @@ def _reaches_logits(wiring: _Wiring, step: VisitStep, run: _Run) -> bool:
 
 
 class _Evaluator:
-    """The metric of many circuits at once: sum over batches of the batch metric, float64."""
+    """The metric of many circuits at once: sum over batches of the batch metric, float64.
 
-    def __init__(self, model: HookedTransformer, graph: Graph, batches: Sequence[MetricBatch], circuits_per_call: int):
-        self.model, self.graph, self.batches = model, graph, batches
+    Every circuit ACDC evaluates keeps all edges into the destinations of stages before the one
+    being visited (those are visited later), so the sources written before it deliver their clean
+    outputs, the same in every circuit of a call: the engine resumes from those outputs, computed
+    once per batch, at the earliest destination that some circuit of the call ablates an edge into
+    (``run_circuits_from``).  That point is read off the masks themselves, so the values are the
+    full forward's (up to rounding) whatever the circuits.  With ``read_positions`` the engine
+    computes the logits there only and the metric gets them in a buffer that is 0 elsewhere.
+    """
+
+    def __init__(
+        self, model: HookedTransformer, graph: Graph, wiring: _Wiring, batches: Sequence[MetricBatch], circuits_per_call: int
+    ):
+        self.model, self.graph, self.wiring, self.batches = model, graph, wiring, batches
         self.circuits_per_call = circuits_per_call
+        self.clean_outputs = [source_outputs(model, graph, batch.tokens) for batch in batches]  # (source, batch, pos, d_model)
+        self.logits: list[Tensor | None] = [None] * len(batches)  # per batch, reused: 0 where the metric does not read
         self.n_evaluations = 0
+
+    def _full_logits(self, i: int, read: Tensor) -> Tensor:
+        """Batch ``i``'s logits (circuit, batch, pos, vocab) from those at its read positions only,
+        written into a buffer that stays 0 elsewhere (every call writes the same positions)."""
+        batch = self.batches[i]
+        n = read.shape[0]
+        buffer = self.logits[i]
+        if buffer is None or buffer.shape[0] < n:
+            buffer = read.new_zeros(max(n, self.circuits_per_call), batch.tokens.shape[0], batch.tokens.shape[1], read.shape[-1])
+            self.logits[i] = buffer
+        buffer[:n, :, batch.read_positions] = read
+        return buffer[:n]
+
+    def _upstream(self, masks: Tensor) -> int:
+        """Sources whose outputs are clean in every circuit of ``masks`` (bool (circuit, n_edges)):
+        everything before the earliest destination any of them ablates an edge into."""
+        ablated_edges = ~masks.all(0)
+        if not ablated_edges.any():
+            return self.graph.n_sources  # the full circuit: only the logits' input is mixed
+        return int(self.wiring.edge_upstream[ablated_edges].min())
 
     def __call__(self, members: list[Tensor]) -> list[float]:
         values = [0.0] * len(members)
         dtype = self.model.cfg.dtype
         for start in range(0, len(members), self.circuits_per_call):
             chunk = members[start : start + self.circuits_per_call]
-            masks = torch.stack(chunk).to(dtype)
-            for batch in self.batches:
+            stacked = torch.stack(chunk)
+            n_upstream = self._upstream(stacked)
+            masks = stacked.to(dtype)
+            for i, (batch, outputs) in enumerate(zip(self.batches, self.clean_outputs)):
                 with torch.no_grad():
-                    logits = run_circuits(
+                    logits = run_circuits_from(
                         self.model, self.graph, batch.tokens, batch.ablated, masks.to(batch.tokens.device),
-                        circuits_per_pass=len(masks),
+                        outputs[:n_upstream], positions=batch.read_positions, circuits_per_pass=len(masks),
                     )
+                    if batch.read_positions is not None:
+                        logits = self._full_logits(i, logits)
                     for c in range(len(chunk)):
                         value = batch.metric(logits[c])
                         if not isinstance(value, Tensor) or value.numel() != 1:
@@ -540,7 +604,8 @@ class AcdcSweep:
                 kept, ``-inf`` where it is kept at none.
     decisions:  per tau, the edges decided by evaluating the metric (dead ends are not counted).
     n_evaluations: circuits the engine ran in all (including the full circuit and dropped
-                speculation): the sweep's cost in circuit forward passes, per batch.
+                speculation): the sweep's cost in circuit forward passes, per batch, each from the
+                visited destination's layer on (see "Partial forward passes").
     """
 
     thresholds: tuple[float, ...]
@@ -590,6 +655,15 @@ def _check_batches(model: HookedTransformer, graph: Graph, batches: Sequence[Met
             )
         if not callable(b.metric):
             raise ValueError(f"Batch {i}: metric must be a callable logits -> scalar loss.")
+        read = b.read_positions
+        if read is not None and (
+            not isinstance(read, Tensor) or read.dim() != 1 or read.is_floating_point() or len(read) == 0
+            or ((read < -n_pos) | (read >= n_pos)).any() or len((read % n_pos).unique()) != len(read)
+        ):
+            raise ValueError(
+                f"Batch {i}: read_positions must be None or a long (n,) tensor of distinct positions in "
+                f"[-{n_pos}, {n_pos}), got {read!r}."
+            )
     return batches
 
 
@@ -618,7 +692,7 @@ def acdc_sweep(
     if speculation < 1 or circuits_per_call < 1:
         raise ValueError(f"speculation and circuits_per_call must be at least 1, got {speculation} and {circuits_per_call}.")
     wiring = _wiring(graph)
-    evaluate = _Evaluator(model, graph, batches, circuits_per_call)
+    evaluate = _Evaluator(model, graph, wiring, batches, circuits_per_call)
     full = torch.ones(graph.n_edges, dtype=torch.bool)
     by_value = sorted(range(len(taus)), key=taus.__getitem__)
     predictor = _Predictor(torch.full((int(wiring.edge_kind.max()) + 1,), -1, dtype=torch.int8))

@@ -36,9 +36,11 @@ MODEL_KINDS: dict[str, ModelKind] = {}
 
 
 def _register() -> None:
+    from circuitflow.models.organisms import KIND as ORGANISM
+    from circuitflow.models.pretrained import KIND as PRETRAINED
     from circuitflow.models.tracr_kind import KIND as TRACR
 
-    MODEL_KINDS["tracr"] = TRACR
+    MODEL_KINDS.update(tracr=TRACR, organism=ORGANISM, pretrained=PRETRAINED)
 
 
 _register()

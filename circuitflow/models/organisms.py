@@ -53,8 +53,13 @@ from circuitflow.models import LoadedModel, ModelKind
 BEHAVIORS = ("ioi", "greater-than", "docstring", "induction")
 CONFIG_FORMAT = "circuitflow-organism-1"
 
-# Defaults per behavior: each reached 100% held-out accuracy by a quarter to a half of these steps
-# (measured; see tests/test_organisms.py's slow tier), in a few minutes on one core.
+# Defaults per behavior (measured on one core; see tests/test_organisms.py's slow tier): ioi,
+# greater-than and docstring reach 100% held-out accuracy; induction 100% with 3000 steps (93.8% with
+# 1000), its layer-1 heads sharing the job (induction score about 0.34 each, not one sharp head).
+# Docstring trains on the behavior's one layout: its answer is then always the def's fifth
+# parameter, which a positional head can copy (100% by step 250).  In varied layouts
+# (vary_layout: true), where only the docstring mechanism works, it stays near 30% whatever the
+# steps, layers, learning rate or data (best 35%): it learns "one of the def's last parameters".
 _COMMON = dict(
     seed=0, n_layers=2, d_model=64, n_heads=4, d_mlp=None, attn_only=False, steps=1000, batch_size=64,
     lr=1e-3, weight_decay=0.0, warmup_steps=100, grad_clip=1.0, n_train=20000, n_eval=500, eval_every=250,
@@ -63,8 +68,8 @@ _COMMON = dict(
 DEFAULTS: dict[str, dict[str, Any]] = {
     "ioi": {**_COMMON, "steps": 1500},
     "greater-than": {**_COMMON},
-    "docstring": {**_COMMON, "vary_layout": True},
-    "induction": {**_COMMON, "attn_only": True, "vary_layout": True},
+    "docstring": {**_COMMON, "steps": 500},
+    "induction": {**_COMMON, "attn_only": True, "vary_layout": True, "steps": 3000},
 }
 VARIED_LAYOUTS = ("docstring", "induction")
 INDUCTION_HALF_LENGTHS = tuple(range(4, 16))  # training half lengths; the behavior's datasets use 10
@@ -404,7 +409,7 @@ def build(name: str, spec: dict, directory: Path) -> dict[str, float]:
 def load(directory: Path) -> LoadedModel:
     model, tokenizer, config = load_organism(directory)
     info = {"tokenizer": tokenizer, "behavior": config["behavior"], "metrics": config["metrics"]}
-    return LoadedModel(model=model, graph=Graph.from_config(model.cfg), ground_truth=None, info=info)
+    return LoadedModel(model=model, graph=Graph.from_config(model.cfg), ground_truth=None, tokenizer=tokenizer, info=info)
 
 
 KIND = ModelKind(validate=validate, build=build, load=load)

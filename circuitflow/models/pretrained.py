@@ -288,7 +288,7 @@ def load(directory: Path) -> LoadedModel:
         edges = json.loads((directory / "ground_truth.json").read_text())["edges"]
         ground_truth = {ablation: list(edges) for ablation in ("zero", "mean", "resample")}
     info = {"tokenizer": model.tokenizer, "name": config["name"], "circuit": circuit}
-    return LoadedModel(model=model, graph=graph, ground_truth=ground_truth, info=info)
+    return LoadedModel(model=model, graph=graph, ground_truth=ground_truth, tokenizer=model.tokenizer, info=info)
 
 
 KIND = ModelKind(validate=validate, build=build, load=load)
