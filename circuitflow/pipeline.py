@@ -63,11 +63,12 @@ def build_model(params: Params, name: str) -> StepResult:
     directory = _fresh_dir(config.model_dir(name))
     metrics = MODEL_KINDS[spec["kind"]].build(name, spec, directory)
     curves = {}
-    if (directory / "training_curves.json").exists():  # trained models: their curves, step by step
+    if (directory / "training_curves.json").exists():  # trained models: every curve, step by step
         recorded = json.loads((directory / "training_curves.json").read_text())
-        curves = {"train_loss": (recorded["step"], recorded["train_loss"]),
-                  "eval_accuracy": (recorded["eval_step"], recorded["eval_accuracy"]),
-                  "eval_loss": (recorded["eval_step"], recorded["eval_loss"])}
+        for key, values in recorded.items():
+            steps = recorded["eval_step"] if key.startswith("eval_") else recorded["step"]
+            if key not in ("step", "eval_step") and len(values) == len(steps):
+                curves[key] = (steps, values)
     artifacts = sorted(path for path in directory.rglob("*") if path.is_file())
     return StepResult(metrics=metrics, artifacts=artifacts, params={"model": name, **spec}, curves=curves)
 
@@ -307,6 +308,8 @@ def _hypothesis_tests(loaded, pair, clean, ablated, score, model_scores, setting
     name, circuit = _circuit_under_test(loaded, pair, params)
     sweep = dict(n_random=test_settings.n_random, q_star=test_settings.q_star, alpha=test_settings.alpha, seed=test_settings.seed,
                  batch_size=pair.batch_size)
+    if settings.get("sweep") is not None:  # random-circuit sizes, fractions of the model's edges
+        sweep["fractions"] = [float(f) for f in settings["sweep"]]
     outputs["random_circuit_sweep"] = pl.DataFrame() if name not in {row["circuit"][0] for row in rows} else pl.concat([
         sufficiency_sweep(evaluate_circuits, circuit, model_scores, **sweep),
         partial_necessity_sweep(evaluate_circuits, circuit, model_scores, **sweep),
@@ -536,7 +539,33 @@ def _figure_adversarial(params: Params, directory: Path) -> StepResult:
     return StepResult(metrics={f"{r['pair']}_{r['circuit'].replace(' ', '_')}_p99": r["p99"] for s in summaries for r in s.iter_rows(named=True)})
 
 
-FIGURES = {"roc": _figure_roc, "faithfulness": _figure_faithfulness, "hypothesis": _figure_hypothesis, "adversarial": _figure_adversarial}
+def _figure_siit(params: Params, directory: Path) -> StepResult:
+    """The InterpBench benchmark inside the pipeline: every discovery method on every SIIT-trained
+    model (pairs whose model has kind ``siit``), edge AUROC against the known circuit as a table
+    (case x method) and as box plots per method across the cases."""
+    from circuitflow.report.figures import plot_auc_boxes
+
+    rows = []
+    for name, pair in params.pairs.items():
+        spec = params.model(pair.model)
+        if spec["kind"] != "siit":
+            continue
+        metrics = json.loads((config.evaluate_dir(name) / "metrics.json").read_text())
+        for method in params.methods:
+            rows.append({"pair": name, "case": spec["case"], "method": method,
+                         "edge_auc": metrics[f"{method}_edge_auc_pessimistic"], "edge_auc_trapezoid": metrics[f"{method}_edge_auc_trapezoid"],
+                         "node_auc": metrics[f"{method}_node_auc_pessimistic"]})
+    if not rows:
+        write_json_atomic(directory / "skipped.json", {"skipped": "no pair uses a model of kind siit"})
+        return StepResult()
+    table = pl.DataFrame(rows)
+    _write_csv(directory / "auroc_table.csv", table)
+    by_method = {m: table.filter(pl.col("method") == m)["edge_auc"].to_list() for m in params.methods}
+    plot_auc_boxes(by_method, directory / "auroc_boxes.png", f"Edge AUROC over {table['case'].n_unique()} SIIT cases", formats=("png",))
+    return StepResult(metrics={f"{m}_mean_edge_auc": float(np.mean(v)) for m, v in by_method.items()})
+
+
+FIGURES = {"roc": _figure_roc, "faithfulness": _figure_faithfulness, "hypothesis": _figure_hypothesis, "adversarial": _figure_adversarial, "siit": _figure_siit}
 
 
 def figure(params: Params, name: str) -> StepResult:
@@ -570,6 +599,15 @@ def report(params: Params) -> StepResult:
              "(passes = 1). Per pair below: the random-circuit sweeps and per-edge minimality effects.",
         tables=[("Table 1", pl.read_csv(hypothesis_dir / "table.csv"))],
     )]
+    siit_dir = config.figure_dir("siit")
+    if (siit_dir / "auroc_table.csv").exists():
+        sections.append(ReportSection(
+            title="SIIT benchmark (InterpBench)",
+            text="Every discovery method on every SIIT-trained model: edge AUROC against the circuit the "
+                 "model was trained to implement (higher is better).",
+            figures=[siit_dir / "auroc_boxes.png"],
+            tables=[("AUROC", pl.read_csv(siit_dir / "auroc_table.csv"))],
+        ))
     if (adversarial_dir / "percentiles.csv").exists():
         sections.append(ReportSection(
             title="Adversarial evaluation and tails",

@@ -37,7 +37,7 @@ def test_good_params_load(tmp_path):
         (("behavior: tracr-reverse", "behavior: tracr-reverze"),
          "Pair 'rev' names unknown behavior 'tracr-reverze'; known behaviors: tracr-reverse, tracr-proportion"),
         (("model: rev", "model: gpt5"), "Pair 'rev' names unknown model 'gpt5'; known models: rev."),
-        (("kind: tracr", "kind: onnx"), "Model 'rev' has unknown kind 'onnx'; known kinds: tracr, organism, pretrained."),
+        (("kind: tracr", "kind: onnx"), "Model 'rev' has unknown kind 'onnx'; known kinds: tracr, organism, pretrained, siit."),
         (("program: reverse", "program: sort"), "Tracr model 'rev' has unknown program 'sort'; known programs: reverse, frac_prevs."),
         (("ablation: zero", "ablation: noise"), "Pair 'rev' has unknown ablation 'noise'; choose one of zero, mean, resample."),
         (("methods: [eap]", "methods: [acdcc]"),

@@ -51,7 +51,7 @@ def test_dvc_repro_runs_the_whole_dag(project):
     assert metrics["ground_truth_equivalence_passes"] == 1.0  # the tracr circuit preserves the model
     tests = pl.read_parquet(root / "data/evaluate/tracr-reverse/hypothesis_tests.parquet")
     assert set(tests["test"]) == {"equivalence", "independence", "minimality", "sufficiency", "partial_necessity"}
-    assert set(tests["circuit"]) == {"ground_truth", "acdc", "eap-ig"}  # evaluate.hypothesis_tests.circuits
+    assert set(tests["circuit"]) == {"ground_truth", "acdc"}  # evaluate.hypothesis_tests.circuits
     kl = pl.read_parquet(root / "data/evaluate/ioi/adversarial/pair_kl.parquet")
     assert kl.height == 8 * 8 * 4 and (kl.filter(pl.col("circuit") == "full model")["kl"] == 0).all()
     html = (root / "data/report/index.html").read_text()

@@ -2,10 +2,12 @@
 
     dvc exp run $(python tools/params_overrides.py params-full.yaml)
 
-One `-S key=value` per leaf of the other file that differs from params.yaml (values as YAML, so
-lists and nulls survive), so the experiment is params.yaml plus exactly those changes and
-params.yaml itself is left as it was.  A key the other file drops is an error: `dvc exp run` can
-set values but not remove keys.
+One `-S ++key=value` per leaf of the other file that differs from params.yaml (values as YAML, so
+lists and nulls survive; `++` sets a key whether or not params.yaml has it), so the experiment is
+params.yaml plus exactly those changes.  Like any `dvc exp run`, it leaves those values in the
+workspace's params.yaml afterwards (`git checkout params.yaml` restores the default; the run stays
+in `dvc exp show`).  A key the other file drops is an error: `dvc exp run` can set values but not
+remove keys.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def overrides(base: dict, other: dict) -> list[str]:
     for key, value in other_leaves.items():
         if base_leaves.get(key, object()) != value:
             text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
-            flags += ["-S", f"{key}={text}"]
+            flags += ["-S", f"++{key}={text}"]
     return flags
 
 

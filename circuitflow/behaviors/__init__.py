@@ -4,6 +4,8 @@ Registry names (``get_behavior(name)``; ``BEHAVIORS`` holds the built-in ones):
   "ioi", "greater-than", "docstring", "induction"   word-level behaviors of the papers (REFERENCE.md 5)
   "tracr-reverse", "tracr-proportion"               tracr programs (datasets already token ids)
   "bigbench:<path to a JSON file>"                  a BIG-bench-style task imported by ``bigbench.py``
+  "siit-<case>"                                     the task of a SIIT case (``models/siit_cases.py``;
+                                                    token ids like tracr, the score the MSE against the model)
 
 Each ``Behavior`` gives
   make_dataset(n_examples, seed) -> polars DataFrame, deterministic from the seed; ``n_examples``
@@ -173,13 +175,33 @@ BEHAVIORS: dict[str, Behavior] = {
 }
 
 
+SIIT_PREFIX = "siit-"
+
+
+def siit_behavior(case: str) -> Behavior:
+    """The behavior of SIIT case ``case`` (its datasets, MSE score and logit-margin metric)."""
+    from circuitflow.models import siit_cases
+
+    siit_cases.get_case(case)  # an unknown case is a ValueError naming the known ones
+    return Behavior(
+        name=f"{SIIT_PREFIX}{case}",
+        make_dataset=lambda n_examples, seed: siit_cases.make_dataset(case, n_examples, seed),
+        score=lambda circuit_logits, model_logits, examples: siit_cases.score(case, circuit_logits, model_logits),
+        attribution_metric=lambda logits, examples: siit_cases.attribution_metric(case, logits, examples),
+        encode=_id_columns,
+    )
+
+
 def get_behavior(name: str) -> Behavior:
-    """A built-in behavior by name, or ``"bigbench:<path>"`` for a BIG-bench-style JSON task."""
+    """A built-in behavior by name, ``"bigbench:<path>"`` for a BIG-bench-style JSON task, or
+    ``"siit-<case>"`` for a SIIT case's task."""
+    if name.startswith(SIIT_PREFIX):
+        return siit_behavior(name[len(SIIT_PREFIX):])
     if name.startswith(bigbench.PREFIX):
         path = name[len(bigbench.PREFIX):]
         if not path:
             raise ValueError(f"Behavior {name!r} names no file; write 'bigbench:' followed by the path of the JSON task.")
         return bigbench_behavior(path)
     if name not in BEHAVIORS:
-        raise ValueError(f"Unknown behavior {name!r}; known behaviors: {', '.join(BEHAVIORS)}, or bigbench:<path to a JSON task>.")
+        raise ValueError(f"Unknown behavior {name!r}; known behaviors: {', '.join(BEHAVIORS)}, bigbench:<path to a JSON task>, or siit-<case>.")
     return BEHAVIORS[name]

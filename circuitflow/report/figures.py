@@ -106,6 +106,27 @@ def plot_roc(
     return _render(path, formats, draw, (5.5, 5.5))
 
 
+def plot_auc_boxes(
+    auc_by_method: dict[str, list[float]], path: str | Path, title: str, *, formats: Sequence[str] = FORMATS
+) -> list[Path]:
+    """InterpBench's figure: per method, a box plot of its edge AUROC over the benchmark's cases
+    (higher is better), each case's value drawn as a dot on top."""
+    if not auc_by_method:
+        raise ValueError("plot_auc_boxes needs at least one method's AUCs.")
+    methods = list(auc_by_method)
+
+    def draw(figure: Figure) -> None:
+        ax = figure.add_subplot()
+        ax.boxplot([auc_by_method[m] for m in methods], tick_labels=methods, showfliers=False)
+        for i, method in enumerate(methods, start=1):
+            values = auc_by_method[method]
+            ax.scatter([i] * len(values), values, s=14, zorder=3)
+        ax.axhline(0.5, linestyle=":", color="grey", linewidth=1)
+        ax.set(ylim=(-0.02, 1.02), ylabel="edge AUROC (pessimistic)", title=title)
+
+    return _render(path, formats, draw, (6.0, 4.0))
+
+
 # ---- faithfulness ------------------------------------------------------------------------------
 def plot_faithfulness(
     curves: dict[str, pl.DataFrame], path: str | Path, title: str, *, formats: Sequence[str] = FORMATS
@@ -260,4 +281,4 @@ def plot_circuit(edges: Sequence[str], path: str | Path, title: str, *, formats:
     return _render(path, formats, draw, size)
 
 
-__all__ = ["FORMATS", "circuit_edges", "circuit_layout", "plot_circuit", "plot_faithfulness", "plot_roc"]
+__all__ = ["FORMATS", "circuit_edges", "circuit_layout", "plot_auc_boxes", "plot_circuit", "plot_faithfulness", "plot_roc"]
