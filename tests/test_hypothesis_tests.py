@@ -215,13 +215,14 @@ def compiled_models():
 def tracr_setup(built, name: str, n_full: int, lengths=()):
     """(evaluate, model scores, ground-truth circuit): zero ablation, score = MSE against the full
     model, on every input of each length in ``lengths`` plus ``n_full`` full-length examples
-    (``behaviors.make_dataset``, seed 1), one batch per length, scores concatenated."""
+    (a seeded sample, in enumeration order), one batch per length, scores concatenated."""
     model, info, truth = built[name]
     graph = tracr.tracr_graph(model)
     behavior = BEHAVIOR[name]
     zero = ablation_values("zero", like=torch.zeros(graph.n_sources, 1, 1, model.cfg.d_model, dtype=model.cfg.dtype))
     sets = [tracr.enumerate_inputs(info, length) for length in lengths]
-    sets.append(behaviors.tokens(behaviors.make_dataset(behavior, n_full, 1, info=info)))
+    full_length = tracr.enumerate_inputs(info, info.max_seq_len)
+    sets.append(full_length[torch.randperm(len(full_length), generator=torch.Generator().manual_seed(1))[:n_full].sort().values])
     score = lambda circuit_logits, model_logits, index: behaviors.score(behavior, circuit_logits, model_logits)
     evaluate = ht.concatenate_evaluators([ht.circuit_evaluator(model, graph, tokens, zero, score) for tokens in sets])
     with torch.no_grad():
