@@ -56,7 +56,7 @@ ORGANISM_TRAINING = $(addprefix --deselect ,$(TRAINING))
 TEST_PATH = PATH="$(abspath $(BIN)):$$PATH"
 
 test: setup
-	$(TEST_PATH) $(BIN)/python -m pytest -q $(ORGANISM_TRAINING)
+	$(TEST_PATH) $(BIN)/python -m pytest -q --durations=15 $(ORGANISM_TRAINING)
 
 test-training: setup
 	$(TEST_PATH) $(BIN)/python -m pytest -q $(TRAINING)
