@@ -522,15 +522,6 @@ def get_case(name: str) -> Case:
 # ---- datasets and scores (behavior-like; the pipeline registers them) ---------------------------
 
 
-def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
-    if n < 2:
-        raise ValueError(f"A derangement needs at least 2 elements, got {n}; use n_examples >= 2.")
-    while True:
-        sigma = rng.permutation(n)
-        if not (sigma == np.arange(n)).any():
-            return sigma
-
-
 def make_dataset(case: str | Case, n_examples: int | None, seed: int) -> pl.DataFrame:
     """A dataset of ``case``, deterministic from ``seed``: ``n_examples`` inputs drawn without
     replacement (all of them for None), kept in the case's order.
@@ -540,6 +531,8 @@ def make_dataset(case: str | Case, n_examples: int | None, seed: int) -> pl.Data
     another example) and ``answer``: H's output at ``case.output_positions`` (output ids, or floats for
     a numerical case).
     """
+    from circuitflow.behaviors.tracr import derangement  # here: circuitflow.behaviors imports this module's package
+
     case = get_case(case) if isinstance(case, str) else case
     everything = list(case.inputs)
     rng = np.random.default_rng(seed)
@@ -547,7 +540,7 @@ def make_dataset(case: str | Case, n_examples: int | None, seed: int) -> pl.Data
         if not 2 <= n_examples <= len(everything):
             raise ValueError(f"Case {case.name} has {len(everything)} inputs; ask for 2 to {len(everything)} examples, not {n_examples}.")
         everything = [everything[i] for i in np.sort(rng.choice(len(everything), size=n_examples, replace=False))]
-    sigma = _derangement(len(everything), rng)
+    sigma = derangement(len(everything), rng)
     clean = [case.encode(x) for x in everything]
     answer_type = pl.Int64 if case.categorical else pl.Float64
     return pl.DataFrame(
