@@ -73,7 +73,7 @@ def test_dvc_repro_runs_the_whole_dag(project):
     # The same params give byte-identical artefacts: rerun discover and evaluate of one pair.
     before = digests(root)
     run(project, "dvc", "repro", "--force", "--single-item", "discover@tracr-reverse", "evaluate@tracr-reverse",
-        "figure-hypothesis", "figure-adversarial")  # each figure stage reruns alone from the pinned artefacts
+        "figure-adversarial")  # a figure stage reruns alone from the pinned artefacts
     assert digests(root) == before
 
     # Every stage logged an MLflow run.
