@@ -480,6 +480,19 @@ def run_circuits(
     Returns (batch, pos, vocab) for one circuit, else (circuit, batch, pos, vocab).
     Differentiable in ``edge_masks``: its gradient is the attribution-patching score of each edge.
     """
+    dense, single = _dense_masks(model, graph, tokens, edge_masks)
+    # A few circuits per pass keep the (circuit x 3 x head)-fold q/k/v inputs in cache: measured
+    # faster per circuit than one pass over all of them (benchmarks/bench_patching.py).
+    logits = torch.cat([
+        patched_forward(model, graph, tokens, ablated, dense[start : start + circuits_per_pass])
+        for start in range(0, dense.shape[0], circuits_per_pass)
+    ])
+    return logits[0] if single else logits
+
+
+def _dense_masks(model: HookedTransformer, graph: Graph, tokens: torch.Tensor, edge_masks: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The checks shared by ``run_circuits`` and ``run_circuits_from``, and the circuits' masks as
+    dense (circuit, source, destination[, pos]) matrices; ``single``: one circuit was given as (n_edges,)."""
     check_model(model, graph)
     single = edge_masks.dim() == 1
     masks = edge_masks.unsqueeze(0) if single else edge_masks
@@ -488,13 +501,7 @@ def run_circuits(
         raise ValueError(
             f"The graph has per-position edges for {graph.n_positions} positions but the inputs have {tokens.shape[1]}."
         )
-    # A few circuits per pass keep the (circuit x 3 x head)-fold q/k/v inputs in cache: measured
-    # faster per circuit than one pass over all of them (benchmarks/bench_patching.py).
-    logits = torch.cat([
-        patched_forward(model, graph, tokens, ablated, dense[start : start + circuits_per_pass])
-        for start in range(0, dense.shape[0], circuits_per_pass)
-    ])
-    return logits[0] if single else logits
+    return dense, single
 
 
 def run_circuits_from(
@@ -518,14 +525,7 @@ def run_circuits_from(
     tokens, ablated and edge_masks as in ``run_circuits``.  Returns (batch, pos or n, vocab) for one
     circuit, else (circuit, batch, pos or n, vocab).
     """
-    check_model(model, graph)
-    single = edge_masks.dim() == 1
-    masks = edge_masks.unsqueeze(0) if single else edge_masks
-    dense = graph.edges_to_mask(masks.to(model.cfg.dtype))
-    if graph.n_positions is not None and graph.n_positions != tokens.shape[1]:
-        raise ValueError(
-            f"The graph has per-position edges for {graph.n_positions} positions but the inputs have {tokens.shape[1]}."
-        )
+    dense, single = _dense_masks(model, graph, tokens, edge_masks)
     logits = torch.cat([
         resumed_forward(model, graph, tokens, ablated, dense[start : start + circuits_per_pass], upstream, positions=positions)
         for start in range(0, dense.shape[0], circuits_per_pass)
