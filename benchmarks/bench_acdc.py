@@ -26,12 +26,10 @@ import statistics
 import time
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from reference_setting import reference_setting
 
 from circuitflow.discovery.acdc import acdc_sweep, kl_batches
-from circuitflow.graph import Graph
 from circuitflow.io import write_json_atomic
-from circuitflow.patching import ablation_values, source_outputs
 
 THRESHOLDS = (1e-2, 1e-3, 3e-5)
 
@@ -60,14 +58,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
-    cfg = HookedTransformerConfig(n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, d_vocab=1000,
-                                  n_ctx=64, act_fn="gelu", normalization_type="LN", seed=0)
-    model = HookedTransformer(cfg).eval()
-    graph = Graph.from_config(cfg)
-    clean = torch.randint(0, cfg.d_vocab, (32, 12))
-    corrupted = torch.randint(0, cfg.d_vocab, (32, 12))
-    ablated = ablation_values("resample", corrupted=source_outputs(model, graph, corrupted))
+    model, graph, clean, ablated = reference_setting()
     batches = kl_batches(model, graph, clean, ablated, positions=-1, batch_size=32)
 
     forward, _ = plain_forward_seconds(model, clean)

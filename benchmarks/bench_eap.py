@@ -13,28 +13,14 @@ Run: python benchmarks/bench_eap.py [--threads N] [--json out.json]
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from reference_setting import median_seconds, reference_setting
 
 from circuitflow.discovery.eap import eap_scores
 from circuitflow.discovery.eap_ig import eap_ig_activations_scores, eap_ig_inputs_scores
 from circuitflow.discovery.subnetwork_probing import kl_loss, subnetwork_probing
-from circuitflow.graph import Graph
 from circuitflow.io import write_json_atomic
-from circuitflow.patching import ablation_values, source_outputs
-
-
-def median_seconds(fn, repeats: int = 5) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -45,14 +31,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
-    cfg = HookedTransformerConfig(n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, d_vocab=1000,
-                                  n_ctx=64, act_fn="gelu", normalization_type="LN", seed=0)
-    model = HookedTransformer(cfg).eval()
-    graph = Graph.from_config(cfg)
-    clean = torch.randint(0, cfg.d_vocab, (32, 12))
-    corrupted = torch.randint(0, cfg.d_vocab, (32, 12))
-    ablated = ablation_values("resample", corrupted=source_outputs(model, graph, corrupted))
+    model, graph, clean, ablated = reference_setting()
     metric = lambda logits, index: (logits[:, -1, 3] - logits[:, -1, 7]).sum()
     common = (model, graph, clean, ablated, metric)
 
@@ -61,9 +40,9 @@ def main() -> None:
 
     with torch.no_grad():
         forward = median_seconds(lambda: model(clean), repeats=15)
-    eap = median_seconds(lambda: eap_scores(*common, batch_size=32))
-    ig_inputs = median_seconds(lambda: eap_ig_inputs_scores(*common, steps=5, batch_size=32))
-    ig_activations = median_seconds(lambda: eap_ig_activations_scores(*common, steps=5, batch_size=32))
+    eap = median_seconds(lambda: eap_scores(*common, batch_size=32), repeats=5)
+    ig_inputs = median_seconds(lambda: eap_ig_inputs_scores(*common, steps=5, batch_size=32), repeats=5)
+    ig_activations = median_seconds(lambda: eap_ig_activations_scores(*common, steps=5, batch_size=32), repeats=5)
     # per step: the difference between 11 steps and 1 step (setup, the full model's logits) over 10
     sp_step = (median_seconds(sp(11), repeats=3) - median_seconds(sp(1), repeats=3)) / 10
 

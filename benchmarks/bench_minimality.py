@@ -18,7 +18,6 @@ Run: python benchmarks/bench_minimality.py [--references 1000] [--threads 1] [--
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch

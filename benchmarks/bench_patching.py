@@ -12,24 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from reference_setting import median_seconds, reference_setting
 
-from circuitflow.graph import Graph
-from circuitflow.patching import ablation_values, run_circuits, source_outputs
-
-
-def median_seconds(fn, repeats: int = 7) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from circuitflow.patching import run_circuits
 
 
 def main() -> None:
@@ -37,25 +24,18 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    cfg = HookedTransformerConfig(n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, d_vocab=1000,
-                                  n_ctx=64, act_fn="gelu", normalization_type="LN", seed=0)
-    model = HookedTransformer(cfg).eval()
-    graph = Graph.from_config(cfg)
-    clean = torch.randint(0, cfg.d_vocab, (32, 12))
-    corrupted = torch.randint(0, cfg.d_vocab, (32, 12))
-    ablated = ablation_values("resample", corrupted=source_outputs(model, graph, corrupted))
+    model, graph, clean, ablated = reference_setting()
     one = (torch.rand(graph.n_edges) < 0.5).float()
     many = (torch.rand(64, graph.n_edges) < 0.5).float()
 
     with torch.no_grad():
-        forward = median_seconds(lambda: model(clean))
-        one_circuit = median_seconds(lambda: run_circuits(model, graph, clean, ablated, one))
+        forward = median_seconds(lambda: model(clean), repeats=7)
+        one_circuit = median_seconds(lambda: run_circuits(model, graph, clean, ablated, one), repeats=7)
         forwards_64 = median_seconds(lambda: [model(clean) for _ in range(64)], repeats=3)
         circuits_64 = median_seconds(lambda: run_circuits(model, graph, clean, ablated, many), repeats=3)
         model.set_use_split_qkv_input(True)
         model.set_use_attn_result(True)
-        split_hooks = median_seconds(lambda: model(clean))
+        split_hooks = median_seconds(lambda: model(clean), repeats=7)
         model.set_use_split_qkv_input(False)
         model.set_use_attn_result(False)
 
