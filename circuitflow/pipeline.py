@@ -183,7 +183,7 @@ def _cut_circuit(task: DiscoveryTask, truth: list[str] | None, scores: torch.Ten
     if isinstance(size, int):
         sizes = [0, size, n_edges]
     masks = top_n_masks(graph, scores, sizes)
-    means = per_example_scores(task.model, graph, task.clean, task.ablated, masks, _example_score(task), batch_size=task.batch_size).mean(-1)
+    means = per_example_scores(task.model, graph, task.clean, task.ablated, masks, _example_score(task.behavior, task.examples), batch_size=task.batch_size).mean(-1)
     gap = means[0] - means[-1]  # sizes start at the empty circuit and end at the full one
     recovered = (means[0] - means) / gap if abs(float(gap)) > 1e-12 else torch.ones_like(means)
     if isinstance(size, int):
@@ -194,10 +194,10 @@ def _cut_circuit(task: DiscoveryTask, truth: list[str] | None, scores: torch.Ten
     return top_n(graph, scores, n_keep), float(recovered[sizes.index(n_keep)])
 
 
-def _example_score(task: DiscoveryTask):
+def _example_score(behavior, examples: dict[str, torch.Tensor]):
     """The behavior's per-example score in the faithfulness interface (circuit logits, model logits, index)."""
     def score(circuit_logits, model_logits, index):
-        return task.behavior.score(circuit_logits, model_logits, {k: v[index] for k, v in task.examples.items()})
+        return behavior.score(circuit_logits, model_logits, {k: v[index] for k, v in examples.items()})
     return score
 
 
@@ -225,9 +225,7 @@ def evaluate(params: Params, pair_name: str) -> StepResult:
     directory = _fresh_dir(config.evaluate_dir(pair_name))
     result = StepResult(params={"ablation": pair.ablation, **settings})
 
-    def score(circuit_logits, model_logits, index):
-        return behavior.score(circuit_logits, model_logits, {k: v[index] for k, v in examples.items()})
-
+    score = _example_score(behavior, examples)
     with torch.no_grad():
         model_logits = loaded.model(clean)
         model_scores = behavior.score(model_logits, model_logits, examples).double()
