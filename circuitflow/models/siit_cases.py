@@ -35,11 +35,14 @@ down).  The program is evaluated by ``evaluate_rasp``, a walk of the RASP graph 
 semantics (``rasp.DefaultRASPEvaluator``) that takes overrides.  Node names are the SOps' names
 without tracr's process-wide counters (``opp_idx-1``, ``sequence_map``), so they are stable.
 
-Caveat: with fixed-length inputs some nodes are constant (reverse's ``length``, ``opp_idx`` and
-``opp_idx-1``): intervening on them changes nothing in H, so IIT asks only that the low-level image
-carries nothing that matters.  (A variable-length task would need padding, and an intervention
-between inputs of different lengths has no positionwise meaning.)  For the same reason tracr's
-``make_length`` is left out: at fixed length its output is a constant.
+Constant nodes are folded: with fixed-length inputs (as the datasets need; a variable-length task
+would need padding, and an intervention between inputs of different lengths has no positionwise
+meaning) some SOps take the same value on every input -- reverse's ``length``, ``opp_idx`` and
+``opp_idx-1`` are functions of the position alone.  Intervening on such a node changes nothing in H,
+so no experiment on the trained model can tell whether its image computes it; and the position is in
+the input embedding, which a reader can use directly.  Such SOps are therefore not nodes: they count
+as input, like tracr's constants, and their readers read ``INPUT`` (reverse is then one head reading
+its query, key and value from the input).  For the same reason tracr's ``make_length`` is left out.
 
 The IOI-like case (``ioi``), hand-written; 7 tokens after BOS::
 
@@ -367,6 +370,13 @@ def _place(kinds: dict[str, Block], sublayers: dict[str, int], parents: dict[str
     return placed
 
 
+def _constant_expressions(program: Any, inputs: tuple[Inputs, ...]) -> set[int]:
+    """Ids of the program's expressions that take the same value on every one of ``inputs``."""
+    first, *others = (evaluate_rasp(program, x) for x in inputs)
+    varying = {i for values in others for i, value in values.items() if value != first[i]}
+    return set(first) - varying
+
+
 def make_tracr_case(name: str) -> Case:
     """The tracr case ``name`` (see the module docstring)."""
     if name not in TRACR_CASES:
@@ -382,8 +392,16 @@ def make_tracr_case(name: str) -> Case:
         if expr.unique_id not in exprs:
             exprs[expr.unique_id] = expr
             stack.extend(expr.children)
-    # Deterministic order: tracr's sublayer, then the RASP expression id (creation order).
-    block_ids = sorted((i for i, e in exprs.items() if _block_of(e)), key=lambda i: (sublayer_by_id[i], i))
+    if distinct:
+        inputs = tuple(itertools.permutations(vocab, seq_len))
+    else:
+        inputs = tuple(itertools.product(vocab, repeat=seq_len))
+    # Deterministic order: tracr's sublayer, then the RASP expression id (creation order).  Blocks
+    # whose value is the same on every input are folded into their readers (module docstring).
+    constant = _constant_expressions(program, inputs)
+    if program.unique_id in constant:
+        raise ValueError(f"The output of {name} is the same on every input of length {seq_len}: nothing to learn.")
+    block_ids = sorted((i for i, e in exprs.items() if _block_of(e) and i not in constant), key=lambda i: (sublayer_by_id[i], i))
     missing = [exprs[i].label for i in block_ids if i not in sublayer_by_id]
     if missing:  # pragma: no cover - tracr allocates every block
         raise ValueError(f"Tracr allocated no layer to {missing}.")
@@ -408,10 +426,6 @@ def make_tracr_case(name: str) -> Case:
         values = evaluate_rasp(program, inputs, {id_of[n]: v for n, v in overrides.items()})
         return {n: values[id_of[n]] for n in order}
 
-    if distinct:
-        inputs = tuple(itertools.permutations(vocab, seq_len))
-    else:
-        inputs = tuple(itertools.product(vocab, repeat=seq_len))
     output_node = block_exprs[program.unique_id]
     is_numerical = _rasp().is_numerical(program)
     # Every value tracr's basis inference allows, not only those seen: interventions reach others.
