@@ -18,7 +18,7 @@ import torch
 from circuitflow.graph import Graph
 from circuitflow.io import write_text_atomic
 
-_NODE = re.compile(r"^(?P<node>a\d+\.\d+|m\d+|input|embed|pos_embed|logits)(\.[qkv])?$")
+_NODE = re.compile(r"^(?P<node>a\d+\.\d+|m\d+|l\d+|input|embed|pos_embed|logits)(\.[qkv])?$")
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,4 +1,4 @@
-"""The computational graph of a transformer: its nodes and edges (REFERENCE.md 1).
+"""The computational graph of a transformer or a Mamba model: its nodes and edges (REFERENCE.md 1, 9).
 
 Sources (upstream nodes) write into the residual stream:
     ``input``                the token + positional embedding (or ``embed`` and ``pos_embed`` apart,
@@ -17,6 +17,16 @@ With ``qkv_direct_edges=True`` the graph also has ACDC's edges ``a{l}.{h}.q -> a
 removing one ablates the whole query (key, value) input of that head.  With ``n_positions=P`` every
 residual edge is split into P edges, one per token position: ``"{source} -> {destination} @ {p}"``.
 
+A Mamba graph (``architecture="mamba"``, ``Graph.mamba`` or ``Graph.from_config(MambaCfg)``) is
+layer-level (Ensign & Garriga-Alonso 2024): there are no heads, and each layer is one node,
+    sources       ``input`` (the embedding) and ``l{layer}``, the layer's output projection;
+    destinations  ``l{layer}``, the layer's input (before its RMSNorm), and ``logits``;
+with an edge from every source to every strictly later destination (``input -> l0``,
+``l0 -> l1``, ..., every source -> ``logits``) and optional per-position edges as above.  It is
+the transformer graph with no heads and the MLP renamed: a layer's one node is read and written
+like an MLP (``layer_destination``, ``layer_sources``), so every consumer of the graph works on
+both.
+
 The graph is tensors first (STYLE.md 2): ``parents`` is a (n_sources, n_destinations) boolean
 matrix, edges are its True entries in a fixed order (destinations in forward order, then sources in
 forward order, then positions), and names are views of those indices.  Nothing depends on Python's
@@ -27,16 +37,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any, Literal
 
 import torch
 from transformer_lens import HookedTransformerConfig
 
 SUPPORTED_POSITIONAL_EMBEDDINGS = ("standard", "shortformer", "rotary")
+ARCHITECTURES = ("transformer", "mamba")
+Architecture = Literal["transformer", "mamba"]
 
 
 @dataclass(frozen=True)
 class Graph:
-    """Nodes and edges of a pre-LayerNorm residual transformer with the given shape."""
+    """Nodes and edges of a pre-LayerNorm residual transformer (or a Mamba model) with the given shape."""
 
     n_layers: int
     n_heads: int
@@ -44,6 +57,7 @@ class Graph:
     split_input: bool = False
     qkv_direct_edges: bool = False
     n_positions: int | None = None
+    architecture: Architecture = "transformer"
     sources: tuple[str, ...] = field(init=False)
     destinations: tuple[str, ...] = field(init=False)
 
@@ -53,30 +67,52 @@ class Graph:
                 "A graph cannot have both q/k/v direct edges and per-position edges; "
                 "choose one of qkv_direct_edges=True or n_positions."
             )
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"Unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}.")
+        if self.is_mamba and (self.n_heads, self.attn_only, self.split_input, self.qkv_direct_edges) != (0, False, False, False):
+            raise ValueError(
+                "A Mamba graph has one node per layer: no heads, no split input, no q/k/v direct edges; "
+                "build it with Graph.mamba(n_layers, n_positions=...)."
+            )
         inputs = ("embed", "pos_embed") if self.split_input else ("input",)
         sources, destinations = list(inputs), []
+        layer_node = "l" if self.is_mamba else "m"  # a Mamba layer is wired like an MLP
         for layer in range(self.n_layers):
             heads = [f"a{layer}.{h}" for h in range(self.n_heads)]
             destinations += [f"{head}.{qkv}" for head in heads for qkv in "qkv"]
             sources += heads
             if not self.attn_only:
-                destinations.append(f"m{layer}")
-                sources.append(f"m{layer}")
+                destinations.append(f"{layer_node}{layer}")
+                sources.append(f"{layer_node}{layer}")
         destinations.append("logits")
         object.__setattr__(self, "sources", tuple(sources))
         object.__setattr__(self, "destinations", tuple(destinations))
 
     @classmethod
+    def mamba(cls, n_layers: int, *, n_positions: int | None = None) -> "Graph":
+        """The layer-level graph of an ``n_layers`` Mamba model (see the module docstring)."""
+        return cls(n_layers=n_layers, n_heads=0, attn_only=False, n_positions=n_positions, architecture="mamba")
+
+    @classmethod
     def from_config(
         cls,
-        cfg: HookedTransformerConfig,
+        cfg: HookedTransformerConfig | Any,
         *,
         split_input: bool = False,
         qkv_direct_edges: bool = False,
         n_positions: int | None = None,
     ) -> "Graph":
-        """The graph of a TransformerLens model configuration; architectures the patching engine
-        cannot run (parallel attention+MLP, grouped-query attention, post-norm) are refused here."""
+        """The graph of a TransformerLens model configuration, or of a mamba-lens ``MambaCfg``;
+        architectures the patching engine cannot run (parallel attention+MLP, grouped-query
+        attention, post-norm) are refused here."""
+        if not isinstance(cfg, HookedTransformerConfig):
+            from mamba_lens import MambaCfg
+
+            if not isinstance(cfg, MambaCfg):
+                raise ValueError(f"Graph.from_config takes a HookedTransformerConfig or a MambaCfg, got {type(cfg).__name__}.")
+            if split_input or qkv_direct_edges:
+                raise ValueError("A Mamba graph has no split input and no q/k/v direct edges; leave both False.")
+            return cls.mamba(cfg.n_layers, n_positions=n_positions)
         check_supported(cfg, split_input=split_input)
         return cls(
             n_layers=cfg.n_layers,
@@ -88,6 +124,10 @@ class Graph:
         )
 
     # ---- node bookkeeping -------------------------------------------------------------------
+    @property
+    def is_mamba(self) -> bool:
+        return self.architecture == "mamba"
+
     @property
     def n_sources(self) -> int:
         return len(self.sources)
@@ -110,13 +150,14 @@ class Graph:
         return 2 if self.split_input else 1
 
     def layer_sources(self, layer: int) -> slice:
-        """Source indices written by ``layer`` (its heads, then its MLP)."""
+        """Source indices written by ``layer`` (its heads, then its MLP; a Mamba layer's one node)."""
         per_layer = self.n_heads + (0 if self.attn_only else 1)
         start = self.n_inputs + layer * per_layer
         return slice(start, start + per_layer)
 
     def attention_destinations(self, layer: int) -> slice:
-        """Destination indices of layer ``layer``'s q/k/v inputs, ordered head-major (h0.q h0.k h0.v h1.q ...)."""
+        """Destination indices of layer ``layer``'s q/k/v inputs, ordered head-major (h0.q h0.k h0.v h1.q ...);
+        empty in a Mamba graph."""
         per_layer = 3 * self.n_heads + (0 if self.attn_only else 1)
         start = layer * per_layer
         return slice(start, start + 3 * self.n_heads)
@@ -124,7 +165,15 @@ class Graph:
     def mlp_destination(self, layer: int) -> int:
         if self.attn_only:
             raise ValueError("An attention-only model has no MLP destinations.")
+        if self.is_mamba:
+            raise ValueError("A Mamba graph has no MLP destinations; a layer's input is layer_destination(layer).")
         return self.attention_destinations(layer).stop
+
+    def layer_destination(self, layer: int) -> int:
+        """Destination index of a Mamba layer's input (before its RMSNorm)."""
+        if not self.is_mamba:
+            raise ValueError("Only a Mamba graph has one input per layer; a transformer layer has attention_destinations and mlp_destination.")
+        return layer
 
     @cached_property
     def parents(self) -> torch.Tensor:
@@ -133,8 +182,8 @@ class Graph:
         for layer in range(self.n_layers):
             upstream = self.layer_sources(layer).start  # inputs and all earlier layers
             parents[:upstream, self.attention_destinations(layer)] = True
-            if not self.attn_only:
-                parents[: upstream + self.n_heads, self.mlp_destination(layer)] = True
+            if not self.attn_only:  # the MLP's input (a Mamba layer's input, with no heads before it)
+                parents[: upstream + self.n_heads, self.attention_destinations(layer).stop] = True
         parents[:, -1] = True  # logits read everything
         return parents
 
@@ -213,8 +262,10 @@ class Graph:
         return dense
 
     def describe(self) -> dict:
-        """A JSON-able identity of the graph, stored with circuits so they can be checked against it."""
-        return {
+        """A JSON-able identity of the graph, stored with circuits so they can be checked against it
+        (``Graph(**describe())`` is the same graph).  Transformer graphs leave ``architecture`` out,
+        so the circuits written before Mamba support keep their bytes."""
+        identity = {
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
             "attn_only": self.attn_only,
@@ -222,6 +273,7 @@ class Graph:
             "qkv_direct_edges": self.qkv_direct_edges,
             "n_positions": self.n_positions,
         }
+        return {**identity, "architecture": self.architecture} if self.is_mamba else identity
 
 
 def check_supported(cfg: HookedTransformerConfig, *, split_input: bool = False) -> None:

@@ -15,13 +15,22 @@ places that touch TransformerLens internals) because TransformerLens 3.9's own p
 inputs (``use_split_qkv_input`` with ``use_attn_result``) cost 15-25x a plain forward pass on CPU.
 Its LayerNorm, MLP, embedding and unembedding modules are reused, so the numerics are the model's.
 
+A Mamba model (``Graph.mamba``, REFERENCE.md 9) is patched the same way at the level of layers: each
+layer's input is the masked sum above over the input and the earlier layers' output projections,
+the layer runs its RMSNorm and mixer (in_proj, causal conv1d, selective scan, gated by the skip
+branch, out_proj) on it, and the logits read the masked sum over every source.  The masks, deltas
+and mixing are the same code for both architectures (``_SourceDeltas``); only the per-layer
+computation differs (``_attention`` and the MLP, or ``_mamba_mixer``, written from mamba-lens's
+``HookedMambaBlock`` weights; ``check_model`` dispatches on ``graph.architecture``).
+
 A pass can also resume part-way (``run_circuits_from``, ``resumed_forward``): given the outputs of
 the sources written before some destination reads the residual stream (``sources_before``), only
 the stages from there on run -- exact for circuits that keep every edge into the earlier
 destinations, whose sources then deliver those outputs.  It can also stop at some positions: after
 the last layer's attention everything is per position.  ACDC evaluates its candidate edges this way.
 
-Dimension names used throughout: source, dest, circuit, batch, pos, d_model, head, d_head, vocab.
+Dimension names used throughout: source, dest, circuit, batch, pos, d_model, head, d_head, vocab;
+for Mamba also d_inner (the mixer's width) and d_state (the scan's state per channel).
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from transformer_lens import HookedTransformer
+from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuitflow.graph import Graph, check_supported
 
@@ -40,8 +49,12 @@ ABLATIONS: tuple[str, ...] = ("zero", "mean", "resample")
 
 
 def check_model(model: HookedTransformer, graph: Graph) -> None:
-    """Raise one clear error if ``graph`` is not the graph of ``model``."""
+    """Raise one clear error if ``graph`` is not the graph of ``model`` (a HookedTransformer, or a
+    mamba-lens HookedMamba with a Mamba graph)."""
     cfg = model.cfg
+    if graph.is_mamba or not isinstance(cfg, HookedTransformerConfig):
+        _check_mamba_model(model, graph)
+        return
     if (cfg.n_layers, cfg.n_heads, cfg.attn_only) != (graph.n_layers, graph.n_heads, graph.attn_only):
         raise ValueError(
             f"The graph ({graph.n_layers} layers, {graph.n_heads} heads, attn_only={graph.attn_only}) "
@@ -49,6 +62,21 @@ def check_model(model: HookedTransformer, graph: Graph) -> None:
             "build it with Graph.from_config(model.cfg)."
         )
     check_supported(cfg, split_input=graph.split_input)
+
+
+def _check_mamba_model(model, graph: Graph) -> None:
+    from mamba_lens import HookedMamba
+
+    if not isinstance(model, HookedMamba) or not graph.is_mamba:
+        model_kind = "a Mamba model" if isinstance(model, HookedMamba) else "a transformer"
+        raise ValueError(f"The graph ({graph.architecture}) does not belong to this model ({model_kind}); build it with Graph.from_config(model.cfg).")
+    if model.cfg.n_layers != graph.n_layers:
+        raise ValueError(
+            f"The graph ({graph.n_layers} Mamba layers) does not belong to this model ({model.cfg.n_layers} layers); "
+            "build it with Graph.from_config(model.cfg)."
+        )
+    if not isinstance(getattr(model.cfg, "dtype", None), torch.dtype):
+        raise ValueError("This HookedMamba's cfg has no dtype (MambaCfg lacks one); build it with circuitflow.models.mamba.hooked_mamba.")
 
 
 def _input_outputs(model: HookedTransformer, graph: Graph, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -103,6 +131,18 @@ class _SourceDeltas:
         if not track_grad:
             self.buffer = first.new_empty(first.shape[0], n_sources - self.n_shared, *first.shape[2:])
             self.buffer[:, : first.shape[1]] = first
+
+    @classmethod
+    def start(cls, known: torch.Tensor, ablated: torch.Tensor, resumed: bool, n_circuits: int, n_sources: int, track_grad: bool) -> _SourceDeltas:
+        """The stack holding the deltas of the ``known`` sources' outputs, (n_known, batch, pos,
+        d_model): the inputs' (the same in every circuit, expanded), or with ``resumed`` the given
+        upstream sources' (kept once, shared)."""
+        n_known = known.shape[0]
+        if not resumed:
+            first = (known - ablated[:n_known]).unsqueeze(0).expand(n_circuits, -1, -1, -1, -1)
+            return cls(first, n_sources, track_grad)
+        shared = known - ablated[:n_known]
+        return cls(shared.new_empty(n_circuits, 0, *shared.shape[1:]), n_sources, track_grad, shared)
 
     def append(self, outputs: torch.Tensor, ablated: torch.Tensor) -> None:
         """Add a block of sources: outputs (circuit, n, batch, pos, d_model), ablated (n, batch|1, pos|1, d_model)."""
@@ -254,7 +294,8 @@ def sources_before(graph: Graph, destination: int) -> int:
     """How many sources (in graph order) are written before ``destination`` reads the residual stream.
 
     A layer's q/k/v inputs read the inputs and every earlier layer, its MLP input also the layer's
-    heads, the logits every source.  These counts are the points a forward pass can resume from
+    heads, the logits every source; a Mamba layer's input reads the input and every earlier layer
+    (the same formula: a Mamba graph is wired like a transformer with no heads).  These counts are the points a forward pass can resume from
     (``resumed_forward``): the outputs of the first ``sources_before(graph, d)`` sources depend only
     on the edges into destinations before ``d``'s stage.
     """
@@ -338,6 +379,8 @@ def _forward(
     sources (``resumed_forward``: stages whose sources are all given are skipped), with the logits at
     every position or only at ``positions`` (then everything after the last layer's attention runs at
     those positions only, and that attention only for those queries)."""
+    if graph.is_mamba:
+        return _mamba_forward(model, graph, tokens, ablated, mask, upstream, return_deltas, positions)
     cfg = model.cfg
     n_circuits = mask.shape[0]
     # q/k/v-major destination order inside each layer, so the mixed inputs come out as (3, head)
@@ -365,12 +408,7 @@ def _forward(
     center = cfg.normalization_type in ("LN", "LNPre") and not return_deltas
     if center:
         known, ablated = _centered(known), _centered(ablated)
-    if upstream is None:
-        first = (known - ablated[:n_known]).unsqueeze(0).expand(n_circuits, -1, -1, -1, -1)
-        deltas = _SourceDeltas(first, graph.n_sources, track_grad)
-    else:  # the given sources' deltas are the same in every circuit: kept once
-        shared = known - ablated[:n_known]
-        deltas = _SourceDeltas(shared.new_empty(n_circuits, 0, *shared.shape[1:]), graph.n_sources, track_grad, shared)
+    deltas = _SourceDeltas.start(known, ablated, upstream is not None, n_circuits, graph.n_sources, track_grad)
     # the part of every destination's input that no mask touches: ablated values upstream + b_O
     base = ablated[: graph.n_inputs].sum(0, keepdim=True)
 
@@ -407,6 +445,75 @@ def _forward(
     if return_deltas:
         return logits, deltas.stacked()
     return logits
+
+
+def _mamba_forward(
+    model,
+    graph: Graph,
+    tokens: torch.Tensor,
+    ablated: torch.Tensor,
+    mask: torch.Tensor,
+    upstream: torch.Tensor | None,
+    return_deltas: bool,
+    positions: torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """``_forward`` on a HookedMamba: every layer reads its masked input (``_SourceDeltas.mix``),
+    runs RMSNorm and its mixer, and writes one source; the logits read the masked sum of all.
+    Layers whose outputs ``upstream`` gives are skipped.  With ``positions`` only the final mix,
+    RMSNorm and unembedding narrow to them: each layer's scan needs every earlier position."""
+    n_circuits = mask.shape[0]
+    batch, n_pos = tokens.shape
+    inputs = model.embedding(tokens).unsqueeze(0)  # (1, batch, pos, d_model): the input source
+    ablated = ablated.to(inputs.dtype)
+    known = inputs if upstream is None else upstream.to(inputs.dtype)
+    deltas = _SourceDeltas.start(known, ablated, upstream is not None, n_circuits, graph.n_sources, torch.is_grad_enabled())
+    base = ablated[: graph.n_inputs].sum(0, keepdim=True)  # what every mix gets from ablated sources
+    for layer in range(graph.n_layers):
+        written = graph.layer_sources(layer)
+        if written.start >= known.shape[0]:  # the layer's output is not given: compute it
+            dest = graph.layer_destination(layer)
+            layer_in = deltas.mix(mask[:, :, dest : dest + 1], base).view(n_circuits * batch, n_pos, -1)
+            out = _mamba_mixer(model.blocks[layer], layer_in)
+            deltas.append(out.view(n_circuits, 1, batch, n_pos, -1), ablated[written])
+        base = base + ablated[written].sum(0, keepdim=True)
+    if positions is not None:
+        deltas, base = deltas.at_positions(positions), _at_positions(base, positions)
+        mask = mask.index_select(3, positions) if mask.dim() == 4 else mask
+        n_pos = len(positions)
+    final = deltas.mix(mask[:, :, -1:], base).view(n_circuits * batch, n_pos, -1)
+    logits = model.lm_head(model.norm(final)).view(n_circuits, batch, n_pos, -1)
+    if return_deltas:
+        return logits, deltas.stacked()
+    return logits
+
+
+def _mamba_mixer(block: torch.nn.Module, resid: torch.Tensor) -> torch.Tensor:
+    """One HookedMambaBlock without its residual connection: RMSNorm, then the mixer.
+
+    resid: (rows, pos, d_model) the layer's input.  Returns out_proj's output (rows, pos, d_model),
+    what the layer adds to the residual stream.  The same computation as mamba-lens's unfused
+    path (``fast_conv=False, fast_ssm=False``), from the block's modules and weights:
+        x = silu(causal_conv1d(in_proj(norm(resid)))),  delta = softplus(W_delta_2(W_delta_1(x))),
+        h_t = exp(delta_t A) * h_{t-1} + delta_t B_t x_t,   y_t = h_t C_t + D x_t,
+        out = out_proj(y * silu(skip_proj(norm(resid)))),   A = -exp(A_log).
+    """
+    n_pos = resid.shape[1]
+    normed = block.norm(resid)
+    skip = block.skip_proj(normed)  # (rows, pos, d_inner)
+    conv = block.conv1d(block.in_proj(normed).transpose(1, 2))[..., :n_pos]  # causal: drop the right padding
+    x = F.silu(conv.transpose(1, 2))  # (rows, pos, d_inner)
+    delta = F.softplus(block.W_delta_2(block.W_delta_1(x)))  # (rows, pos, d_inner)
+    A = -torch.exp(block.A_log)  # (d_inner, d_state)
+    decay = torch.exp(delta.unsqueeze(-1) * A)  # (rows, pos, d_inner, d_state)
+    drive = (delta * x).unsqueeze(-1) * block.W_B(x).unsqueeze(-2)  # delta_t B_t x_t, same shape
+    C = block.W_C(x).unsqueeze(-1)  # (rows, pos, d_state, 1)
+    h = torch.zeros_like(decay[:, 0])
+    ys = []
+    for t in range(n_pos):  # the selective scan: sequential in position
+        h = h * decay[:, t] + drive[:, t]
+        ys.append((h @ C[:, t]).squeeze(-1))
+    y = torch.stack(ys, dim=1) + x * block.W_D
+    return block.out_proj(y * F.silu(skip))
 
 
 @functools.lru_cache(maxsize=32)

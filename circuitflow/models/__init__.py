@@ -36,12 +36,13 @@ MODEL_KINDS: dict[str, ModelKind] = {}
 
 
 def _register() -> None:
+    from circuitflow.models.mamba import KIND as MAMBA
     from circuitflow.models.organisms import KIND as ORGANISM
     from circuitflow.models.pretrained import KIND as PRETRAINED
     from circuitflow.models.siit import KIND as SIIT
     from circuitflow.models.tracr_kind import KIND as TRACR
 
-    MODEL_KINDS.update(tracr=TRACR, organism=ORGANISM, pretrained=PRETRAINED, siit=SIIT)
+    MODEL_KINDS.update(tracr=TRACR, organism=ORGANISM, pretrained=PRETRAINED, siit=SIIT, mamba=MAMBA)
 
 
 _register()

@@ -33,7 +33,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import polars as pl
@@ -291,10 +291,21 @@ def train_organism(behavior_name: str, settings: dict, directory: str | Path, pr
     "train_seconds" and "train_cpu_seconds": wall-clock and CPU time of the training loop (one
     thread, so the CPU time is what an idle core would take; neither is written anywhere)}.
     """
+    settings = resolve_settings(behavior_name, settings)
+    tokenizer, heldout, data = prepare_training(behavior_name, settings, directory)
+    n_ctx = max(data["tokens"].shape[1], heldout["clean"].shape[1])
+    cfg = hooked_config(settings, d_vocab=len(tokenizer), n_ctx=n_ctx)
+    result = fit(lambda: HookedTransformer(cfg), behavior_name, settings, data, heldout, f"train {behavior_name} organism", progress)
+    _write(Path(directory), result.pop("model"), behavior_name, settings, result["metrics"], result["curves"])
+    return result
+
+
+def prepare_training(behavior_name: str, settings: dict, directory: str | Path) -> tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The word-level tokenizer (written to ``directory/tokenizer`` and read back), the encoded
+    held-out sample and the encoded training data of an organism with resolved ``settings``."""
     from circuitflow.behaviors import get_behavior
     from circuitflow.behaviors import tokenizer as word_tokenizer
 
-    settings = resolve_settings(behavior_name, settings)
     behavior = get_behavior(behavior_name)
     directory = Path(directory)
     word_tokenizer.save_tokenizer(word_tokenizer.build_word_tokenizer(behavior.vocabulary()), directory / "tokenizer")
@@ -302,17 +313,31 @@ def train_organism(behavior_name: str, settings: dict, directory: str | Path, pr
     heldout_frame = behavior.make_dataset(settings["n_eval"], settings["seed"] + 1_000_003)
     heldout = behavior.encode(heldout_frame, tokenizer)
     data = _training_data(behavior, tokenizer, settings, heldout_frame)
-    n_ctx = max(data["tokens"].shape[1], heldout["clean"].shape[1])
-    cfg = hooked_config(settings, d_vocab=len(tokenizer), n_ctx=n_ctx)
+    return tokenizer, heldout, data
 
+
+def fit(
+    make_model: Callable[[], torch.nn.Module],
+    behavior_name: str,
+    settings: dict,
+    data: dict[str, torch.Tensor],
+    heldout: dict[str, torch.Tensor],
+    label: str,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build a model with ``make_model()`` (under ``deterministic_torch(seed)``, so its initial
+    weights come from the seed) and train it with Adam on ``data`` (``masked_loss``), evaluating on
+    ``heldout`` every ``eval_every`` steps.  The model maps tokens (batch, pos) to logits.
+    Returns {"model" (eval mode), "metrics", "curves", "train_seconds", "train_cpu_seconds"} as
+    ``train_organism`` describes them."""
     curves: dict[str, list] = {"step": [], "train_loss": [], "eval_step": [], "eval_accuracy": [], "eval_loss": []}
     start, start_cpu = time.perf_counter(), time.process_time()
     with deterministic_torch(settings["seed"]):
-        model = HookedTransformer(cfg)
+        model = make_model()
         optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
         batches = torch.Generator().manual_seed(settings["seed"])
         n_data = data["tokens"].shape[0]
-        for step in tqdm(range(settings["steps"]), desc=f"train {behavior_name} organism", disable=not progress):
+        for step in tqdm(range(settings["steps"]), desc=label, disable=not progress):
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(step, settings)
             index = torch.randint(n_data, (settings["batch_size"],), generator=batches)
@@ -337,8 +362,7 @@ def train_organism(behavior_name: str, settings: dict, directory: str | Path, pr
     train_seconds, train_cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     metrics["final_train_loss"] = curves["train_loss"][-1]
     metrics["n_train_examples"] = float(n_data)
-    _write(directory, model, behavior_name, settings, metrics, curves)
-    return {"metrics": metrics, "curves": curves, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds}
+    return {"model": model, "metrics": metrics, "curves": curves, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds}
 
 
 _CONFIG_FIELDS = (
