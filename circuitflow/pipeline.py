@@ -252,6 +252,10 @@ def evaluate(params: Params, pair_name: str) -> StepResult:
     hypothesis = settings.get("hypothesis_tests")
     if hypothesis is not None:
         result.artifacts += _hypothesis_tests(loaded, pair, clean, ablated, score, model_scores, hypothesis, params, directory, result)
+    else:  # the same outputs (DVC outs), empty
+        for output in HYPOTHESIS_OUTPUTS:
+            _write_parquet(directory / f"{output}.parquet", pl.DataFrame())
+            result.artifacts.append(directory / f"{output}.parquet")
     # Always a directory (a DVC out), with a note where the evaluation does not apply.
     adversarial, adversarial_dir = settings.get("adversarial"), directory / "adversarial"
     adversarial_dir.mkdir()
@@ -270,6 +274,9 @@ def evaluate(params: Params, pair_name: str) -> StepResult:
     write_json_atomic(directory / "metrics.json", result.metrics)
     result.artifacts.append(directory / "metrics.json")
     return result
+
+
+HYPOTHESIS_OUTPUTS = ("hypothesis_tests", "minimality_effects", "minimality_references", "random_circuit_sweep")
 
 
 def _hypothesis_tests(loaded, pair, clean, ablated, score, model_scores, settings, params, directory, result) -> list[Path]:
@@ -537,17 +544,23 @@ def _figure_adversarial(params: Params, directory: Path) -> StepResult:
     return StepResult(metrics={f"{r['pair']}_{r['circuit'].replace(' ', '_')}_p99": r["p99"] for s in summaries for r in s.iter_rows(named=True)})
 
 
+SIIT_TRAINING_COLUMNS = ("steps", "reached_target", "accuracy", "iia", "iia_min", "strict_accuracy", "strict_accuracy_min")
+
+
 def _figure_siit(params: Params, directory: Path) -> StepResult:
     """The InterpBench benchmark inside the pipeline: every discovery method on every SIIT-trained
     model (pairs whose model has kind ``siit``), edge AUROC against the known circuit as a table
-    (case x method) and as box plots per method across the cases."""
+    (case x method) and as box plots per method across the cases; and each model's training figures
+    (accuracy, interchange-intervention accuracy, strict accuracy: mean and worst node)."""
     from circuitflow.report.figures import plot_auc_boxes
 
-    rows = []
+    rows, training = [], []
     for name, pair in params.pairs.items():
         spec = params.model(pair.model)
         if spec["kind"] != "siit":
             continue
+        trained = json.loads((config.model_dir(pair.model) / "config.json").read_text())["metrics"]
+        training.append({"pair": name, "case": spec["case"], **{key: trained[key] for key in SIIT_TRAINING_COLUMNS}})
         metrics = json.loads((config.evaluate_dir(name) / "metrics.json").read_text())
         for method in params.methods:
             rows.append({"pair": name, "case": spec["case"], "method": method,
@@ -558,6 +571,7 @@ def _figure_siit(params: Params, directory: Path) -> StepResult:
         return StepResult()
     table = pl.DataFrame(rows)
     _write_csv(directory / "auroc_table.csv", table)
+    _write_csv(directory / "training.csv", pl.DataFrame(training))
     by_method = {m: table.filter(pl.col("method") == m)["edge_auc"].to_list() for m in params.methods}
     plot_auc_boxes(by_method, directory / "auroc_boxes.png", f"Edge AUROC over {table['case'].n_unique()} SIIT cases", formats=("png",))
     return StepResult(metrics={f"{m}_mean_edge_auc": float(np.mean(v)) for m, v in by_method.items()})
@@ -604,7 +618,9 @@ def report(params: Params) -> StepResult:
             text="Every discovery method on every SIIT-trained model: edge AUROC against the circuit the "
                  "model was trained to implement (higher is better).",
             figures=[siit_dir / "auroc_boxes.png"],
-            tables=[("AUROC", pl.read_csv(siit_dir / "auroc_table.csv"))],
+            tables=[("Edge AUROC (pessimistic), case x method",
+                     pl.read_csv(siit_dir / "auroc_table.csv").pivot("method", index="case", values="edge_auc")),
+                    ("SIIT training (accuracy, IIA and strict accuracy: mean and worst node)", pl.read_csv(siit_dir / "training.csv"))],
         ))
     if (adversarial_dir / "percentiles.csv").exists():
         sections.append(ReportSection(
