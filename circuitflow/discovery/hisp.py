@@ -1,7 +1,7 @@
 """HISP: head importance scores for pruning (Michel et al. 2019), the node-level baseline of the ACDC
 paper (REFERENCE.md 3).
 
-A node is a head's output ``a{l}.{h}`` or an MLP's output ``m{l}``; ablating it ablates all its
+A node is a head's output ``a{l}.{h}``, an MLP's output ``m{l}`` or a Mamba layer's ``l{l}``; ablating it ablates all its
 outgoing edges at once.  With a node mask ``z_s`` multiplying every outgoing edge of node ``s`` in the
 patching engine, the attribution-patching estimate of how much the metric changes on example i when
 the node is ablated is
@@ -101,6 +101,11 @@ def hisp_node_scores(
     One forward and one backward pass per example; the model is not changed.
     """
     check_model(model, graph)
+    if normalize and graph.is_mamba:
+        raise ValueError(
+            "HISP's per-layer normalisation would set every node of a Mamba graph (one node per layer) to 1; "
+            "set discover.hisp.normalize: false for Mamba models."
+        )
     if clean.dim() != 2:
         raise ValueError(f"clean must be (n_examples, pos) tokens, got shape {tuple(clean.shape)}.")
     n_examples = clean.shape[0]
