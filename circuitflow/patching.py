@@ -65,6 +65,7 @@ def check_model(model: HookedTransformer, graph: Graph) -> None:
 
 
 def _check_mamba_model(model, graph: Graph) -> None:
+    """``check_model`` where the graph or the model is Mamba's: both must be, with the same layers."""
     from mamba_lens import HookedMamba
 
     if not isinstance(model, HookedMamba) or not graph.is_mamba:
