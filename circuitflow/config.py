@@ -34,6 +34,7 @@ class Pair:
     seed: int
     ablation: str
     batch_size: int
+    positional: bool = False  # also score every edge at every position (positional EAP-IG)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         _require(isinstance(seed, int), f"Pair {name!r}: seed must be an integer.")
         batch_size = spec.get("batch_size", 64)
         _require(isinstance(batch_size, int) and batch_size > 0, f"Pair {name!r}: batch_size must be a positive integer.")
-        parsed[name] = Pair(name, model, behavior, n_examples, seed, ablation, batch_size)
+        positional = spec.get("positional", False)
+        _require(isinstance(positional, bool), f"Pair {name!r}: positional must be true or false, got {positional!r}.")
+        parsed[name] = Pair(name, model, behavior, n_examples, seed, ablation, batch_size, positional)
 
     methods = _check_discover(raw.get("discover") or {}, path)
     return Params(raw=raw, models=models, pairs=parsed, methods=methods)

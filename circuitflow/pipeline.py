@@ -22,7 +22,7 @@ from circuitflow import config
 from circuitflow.behaviors import get_behavior
 from circuitflow.circuit import Circuit
 from circuitflow.config import Params
-from circuitflow.discovery import DiscoveryTask, discover_scores
+from circuitflow.discovery import DiscoveryTask, discover_scores, positional_eap_ig_scores
 from circuitflow.discovery.circuits import top_n, top_n_masks
 from circuitflow.evaluation.faithfulness import faithfulness_loss, per_example_scores
 from circuitflow.evaluation.roc import auc_pessimistic, auc_trapezoid, node_truth_and_scores, roc_points
@@ -155,6 +155,12 @@ def discover(params: Params, pair_name: str) -> StepResult:
     _write_parquet(directory / "scores.parquet", pl.DataFrame(columns))
     write_json_atomic(directory / "circuits.json", result.metrics)  # each saved circuit's size and recovered fraction
     result.artifacts += [directory / "scores.parquet", directory / "circuits.json"]
+    if pair.positional:
+        graph, scores = positional_eap_ig_scores(task, settings.get("eap-ig"), progress=True)
+        edges, positions = zip(*(name.rsplit(" @ ", 1) for name in graph.edge_names))
+        _write_parquet(directory / "positional_scores.parquet", pl.DataFrame(
+            {"edge": list(edges), "position": [int(p) for p in positions], "score": scores.tolist()}))
+        result.artifacts.append(directory / "positional_scores.parquet")
     return result
 
 
@@ -577,7 +583,34 @@ def _figure_siit(params: Params, directory: Path) -> StepResult:
     return StepResult(metrics={f"{m}_mean_edge_auc": float(np.mean(v)) for m, v in by_method.items()})
 
 
-FIGURES = {"roc": _figure_roc, "faithfulness": _figure_faithfulness, "hypothesis": _figure_hypothesis, "adversarial": _figure_adversarial, "siit": _figure_siit}
+def _figure_positional(params: Params, directory: Path) -> StepResult:
+    """The Mamba IOI paper's positional picture for every pair with ``positional: true``: the edge x
+    position heatmap of signed positional EAP-IG scores and each layer's importance (the summed
+    |score| of the edges into and out of it), with the most important layer in the metrics."""
+    from circuitflow.report.positional_figures import layer_importance, node_layer, plot_layer_importance, plot_positional_heatmap
+
+    tables, metrics = [], {}
+    for name, pair in params.pairs.items():
+        if not pair.positional:
+            continue
+        scores = pl.read_parquet(config.discover_dir(name) / "positional_scores.parquet")
+        nodes = {node for edge in scores["edge"].unique().to_list() for node in edge.split(" -> ")} - {"logits"}
+        n_layers = 1 + max(node_layer(node, 0) for node in nodes)
+        plot_positional_heatmap(scores, directory / f"heatmap_{name}.png", f"{name}: positional EAP-IG", formats=("png",))
+        importance = layer_importance(scores, n_layers)
+        plot_layer_importance(importance, directory / f"layers_{name}.png", f"{name}: layer importance", formats=("png",))
+        tables.append(importance.with_columns(pl.lit(name).alias("pair")).select("pair", "layer", "into", "out_of"))
+        total = importance["into"] + importance["out_of"]
+        metrics[f"{name}_most_important_layer"] = float(importance["layer"][int(total.arg_max())])
+    if not tables:
+        write_json_atomic(directory / "skipped.json", {"skipped": "no pair has positional: true"})
+        return StepResult()
+    _write_csv(directory / "layer_importance.csv", pl.concat(tables))
+    return StepResult(metrics=metrics)
+
+
+FIGURES = {"roc": _figure_roc, "faithfulness": _figure_faithfulness, "hypothesis": _figure_hypothesis, "adversarial": _figure_adversarial, "siit": _figure_siit,
+           "positional": _figure_positional}
 
 
 def figure(params: Params, name: str) -> StepResult:
@@ -621,6 +654,16 @@ def report(params: Params) -> StepResult:
             tables=[("Edge AUROC (pessimistic), case x method",
                      pl.read_csv(siit_dir / "auroc_table.csv").pivot("method", index="case", values="edge_auc")),
                     ("SIIT training (accuracy, IIA and strict accuracy: mean and worst node)", pl.read_csv(siit_dir / "training.csv"))],
+        ))
+    positional_dir = config.figure_dir("positional")
+    if (positional_dir / "layer_importance.csv").exists():
+        importance = pl.read_csv(positional_dir / "layer_importance.csv")
+        sections.append(ReportSection(
+            title="Positional attribution (Mamba IOI, Ensign & Garriga-Alonso)",
+            text="Positional EAP-IG: one signed score per edge and token position (red: the edge pushes "
+                 "towards the answer); per layer, the summed |score| of the edges into and out of it.",
+            figures=sorted(positional_dir.glob("heatmap_*.png")) + sorted(positional_dir.glob("layers_*.png")),
+            tables=[("Layer importance", importance)],
         ))
     if (adversarial_dir / "percentiles.csv").exists():
         sections.append(ReportSection(

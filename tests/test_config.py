@@ -37,7 +37,7 @@ def test_good_params_load(tmp_path):
         (("behavior: tracr-reverse", "behavior: tracr-reverze"),
          "Pair 'rev' names unknown behavior 'tracr-reverze'; known behaviors: tracr-reverse, tracr-proportion"),
         (("model: rev", "model: gpt5"), "Pair 'rev' names unknown model 'gpt5'; known models: rev."),
-        (("kind: tracr", "kind: onnx"), "Model 'rev' has unknown kind 'onnx'; known kinds: tracr, organism, pretrained, siit."),
+        (("kind: tracr", "kind: onnx"), "Model 'rev' has unknown kind 'onnx'; known kinds: tracr, organism, pretrained, siit, mamba."),
         (("program: reverse", "program: sort"), "Tracr model 'rev' has unknown program 'sort'; known programs: reverse, frac_prevs."),
         (("ablation: zero", "ablation: noise"), "Pair 'rev' has unknown ablation 'noise'; choose one of zero, mean, resample."),
         (("methods: [eap]", "methods: [acdcc]"),
@@ -50,6 +50,7 @@ def test_good_params_load(tmp_path):
         (("methods: [eap]", "methods: [eap]\n  circuit: {recovered: 2}"), "discover.circuit.recovered must be a fraction in (0, 1], got 2."),
         (("  rev: {kind: tracr, program: reverse}", "  rev: {kind: tracr, program: reverse}\n  org: {kind: organism, behavior: ioi, steps: -3}"),
          "Organism model 'org': Organism setting steps must be a positive integer, got -3."),
+        (("ablation: zero", "ablation: zero\n    positional: yes please"), "Pair 'rev': positional must be true or false, got 'yes please'."),
         (("pairs:", "pairs: [\n"), "is not valid YAML at line"),
     ],
 )

@@ -16,6 +16,7 @@ Registered methods (params.yaml ``discover.methods``; their settings under ``dis
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,10 +70,23 @@ def _eap(task: DiscoveryTask, settings: dict, progress: bool) -> torch.Tensor:
     return eap_scores(task.model, task.graph, task.clean, task.ablated, task.metric, batch_size=task.batch_size, progress=progress).abs()
 
 
-def _eap_ig(task: DiscoveryTask, settings: dict, progress: bool) -> torch.Tensor:
+def _signed_eap_ig(task: DiscoveryTask, settings: dict, progress: bool) -> torch.Tensor:
     scores = eap_ig_inputs_scores if settings["over"] == "inputs" else eap_ig_activations_scores
     return scores(task.model, task.graph, task.clean, task.ablated, task.metric, steps=settings["steps"],
-                  batch_size=task.batch_size, progress=progress).abs()
+                  batch_size=task.batch_size, progress=progress)
+
+
+def _eap_ig(task: DiscoveryTask, settings: dict, progress: bool) -> torch.Tensor:
+    return _signed_eap_ig(task, settings, progress).abs()
+
+
+def positional_eap_ig_scores(task: DiscoveryTask, settings: dict | None = None, progress: bool = False) -> tuple[Graph, torch.Tensor]:
+    """Positional EAP-IG (Ensign & Garriga-Alonso 2024): the task's graph with every residual edge
+    split by token position, and one signed EAP-IG score per (edge, position), float64 in that
+    graph's edge order.  Summed over positions they are the signed non-positional scores."""
+    graph = dataclasses.replace(task.graph, n_positions=task.clean.shape[1])
+    scores = _signed_eap_ig(dataclasses.replace(task, graph=graph), method_settings("eap-ig", settings), progress)
+    return graph, scores.to(torch.float64)
 
 
 def _hisp(task: DiscoveryTask, settings: dict, progress: bool) -> torch.Tensor:
@@ -131,4 +145,4 @@ def discover_scores(name: str, task: DiscoveryTask, settings: dict | None = None
     return scores.to(torch.float64)
 
 
-__all__ = ["METHODS", "DiscoveryTask", "Method", "discover_scores", "eap_scores", "method_settings"]
+__all__ = ["METHODS", "DiscoveryTask", "Method", "discover_scores", "eap_scores", "method_settings", "positional_eap_ig_scores"]

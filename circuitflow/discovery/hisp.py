@@ -17,7 +17,8 @@ The absolute value is taken per example, before averaging, so examples on which 
 metric in opposite directions do not cancel; this needs one backward pass per example (a batched
 backward sums the examples), so the examples are run one at a time.  Like Michel et al. (and ACDC's
 implementation) the importances are then divided, layer by layer, by the L2 norm of that layer's
-importances (``normalize=True``); ``normalize=False`` returns the raw mean |AP|.
+importances (``normalize=True``; a layer of one node, as in Mamba, is left as it is);
+``normalize=False`` returns the raw mean |AP|.
 
 Scores are importances: **higher = more important** (not losses).  The input nodes (``input``,
 ``embed``, ``pos_embed``) are never pruned and score ``+inf``.  Edge scores for the common interface
@@ -70,10 +71,14 @@ def _masked_source(graph: Graph) -> Tensor:
 
 
 def _layer_normalized(graph: Graph, importance: Tensor) -> Tensor:
-    """Each layer's importances (its heads and MLP) divided by their L2 norm; an all-zero layer stays 0."""
+    """Each layer's importances (its heads and MLP) divided by their L2 norm; an all-zero layer stays 0.
+    A layer of one node (a Mamba layer) has nothing to be compared with inside it, and normalising
+    would set every such node to 1: its importance is left as it is."""
     out = importance.clone()
     for layer in range(graph.n_layers):
         span = graph.layer_sources(layer)
+        if span.stop - span.start < 2:
+            continue
         norm = torch.linalg.vector_norm(out[span])
         if norm > 0:
             out[span] = out[span] / norm
@@ -101,11 +106,6 @@ def hisp_node_scores(
     One forward and one backward pass per example; the model is not changed.
     """
     check_model(model, graph)
-    if normalize and graph.is_mamba:
-        raise ValueError(
-            "HISP's per-layer normalisation would set every node of a Mamba graph (one node per layer) to 1; "
-            "set discover.hisp.normalize: false for Mamba models."
-        )
     if clean.dim() != 2:
         raise ValueError(f"clean must be (n_examples, pos) tokens, got shape {tuple(clean.shape)}.")
     n_examples = clean.shape[0]
