@@ -426,6 +426,11 @@ def _adversarial(loaded, pair, behavior, examples, settings, params, directory, 
 
 
 # ---- figures: one DVC stage each, writing CSV for `dvc plots` and PNG for the report ----------
+def _read_csv(path: Path) -> pl.DataFrame:
+    """A table ``_write_csv`` wrote; one with no columns (nothing applied, e.g. no ground truth) is empty."""
+    return pl.read_csv(path) if path.read_text().strip() else pl.DataFrame()
+
+
 def _write_csv(path: Path, frame: pl.DataFrame) -> None:
     write_atomic(path, lambda tmp: frame.write_csv(tmp, float_precision=6))
 
@@ -636,13 +641,13 @@ def report(params: Params) -> StepResult:
         title="Discovery against the ground truth",
         text="Edge and node AUC of each method where the model's circuit is known (higher is better; "
              "pessimistic = the ACDC paper's staircase AUC).",
-        tables=[("AUC", pl.read_csv(roc_dir / "auc_table.csv")),
-                ("Saved circuits: edges and fraction of the model's score recovered", pl.read_csv(roc_dir / "circuit_table.csv"))],
+        tables=[("AUC", _read_csv(roc_dir / "auc_table.csv")),
+                ("Saved circuits: edges and fraction of the model's score recovered", _read_csv(roc_dir / "circuit_table.csv"))],
     ), ReportSection(
         title="Hypothesis tests (Shi et al.)",
         text="Equivalence, independence, minimality, sufficiency and partial necessity of each circuit "
              "(passes = 1). Per pair below: the random-circuit sweeps and per-edge minimality effects.",
-        tables=[("Table 1", pl.read_csv(hypothesis_dir / "table.csv"))],
+        tables=[("Table 1", _read_csv(hypothesis_dir / "table.csv"))],
     )]
     siit_dir = config.figure_dir("siit")
     if (siit_dir / "auroc_table.csv").exists():

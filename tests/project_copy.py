@@ -52,6 +52,8 @@ def tiny_params(params: dict[str, Any]) -> dict[str, Any]:
     for spec in params["models"].values():
         if spec["kind"] == "organism":
             spec.update(steps=6, n_train=300, n_eval=20, eval_every=3, d_model=32, n_heads=2)
+        elif spec["kind"] == "mamba":
+            spec.update(steps=6, n_train=300, n_eval=20, eval_every=3, n_layers=2, d_model=32)
         elif spec["kind"] == "siit":
             spec.update(max_steps=6, eval_every=3, n_eval_pairs=32, batch_size=16)
     discover = params["discover"]

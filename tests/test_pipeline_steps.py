@@ -17,22 +17,19 @@ def test_answer_positions_are_the_last_or_the_last_predicted_one(tmp_path):
         assert torch.equal(_answer_positions(examples), torch.full((5,), expected))
 
 
-def test_the_siit_slice_runs_through_every_step_into_the_benchmark_table(tmp_path, monkeypatch):
-    # Two SIIT cases (a few training steps: the code path, not trained models) through models ->
-    # generate -> cache -> discover -> evaluate, then the SIIT figure and the report.
-    import polars as pl
+def run_slice(tmp_path, monkeypatch, names, edit=None):
+    """The default params' pairs ``names`` (tiny: a few training steps, the code path, not trained
+    models) through models -> generate -> cache -> discover -> evaluate, every figure and the
+    report, in this process; returns the params."""
     import yaml
 
     from circuitflow import pipeline
     from circuitflow.config import load_params
-    from tests.project_copy import ROOT, tiny_params
+    from tests.project_copy import ROOT, only_pairs, tiny_params
 
-    params = tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    params["models"] = {f"siit-{case}": {"kind": "siit", "case": case} for case in ("reverse", "hist")}
-    params["pairs"] = {f"siit-{case}": {"model": f"siit-{case}", "behavior": f"siit-{case}", "n_examples": 24, "seed": 0,
-                                        "ablation": "resample", "batch_size": 12} for case in ("reverse", "hist")}
-    params = tiny_params(params)
-    params["evaluate"].update(hypothesis_tests=None, adversarial=None)
+    params = only_pairs(tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text())), names)
+    if edit is not None:
+        edit(params)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(tmp_path)
     loaded = load_params("params.yaml")
@@ -44,6 +41,16 @@ def test_the_siit_slice_runs_through_every_step_into_the_benchmark_table(tmp_pat
     for name in pipeline.FIGURES:
         pipeline.figure(loaded, name)
     pipeline.report(loaded)
+    return loaded
+
+
+def test_the_siit_slice_runs_through_every_step_into_the_benchmark_table(tmp_path, monkeypatch):
+    import polars as pl
+
+    def no_tests(params):
+        params["evaluate"].update(hypothesis_tests=None, adversarial=None)
+
+    loaded = run_slice(tmp_path, monkeypatch, ["siit-reverse", "siit-hist"], no_tests)
 
     table = pl.read_csv("data/figures/siit/auroc_table.csv")
     assert table.shape[0] == 2 * len(loaded.methods)
@@ -53,3 +60,26 @@ def test_the_siit_slice_runs_through_every_step_into_the_benchmark_table(tmp_pat
     assert training["steps"].to_list() == [6, 6] and training["accuracy"].is_between(0, 1).all()
     page = next(Path("data/report").glob("*.html")).read_text()
     assert "SIIT benchmark" in page and "SIIT training" in page
+
+
+def test_the_mamba_slice_runs_through_every_step_with_its_positional_picture(tmp_path, monkeypatch):
+    import json
+
+    import polars as pl
+
+    loaded = run_slice(tmp_path, monkeypatch, ["ioi-mamba"])
+    scores = pl.read_parquet("data/discover/ioi-mamba/positional_scores.parquet")
+    n_positions = scores["position"].n_unique()
+    assert scores.height == n_positions * 6  # 2 layers: input -> l0, l1, logits; l0 -> l1, logits; l1 -> logits
+    plain = pl.read_parquet("data/discover/ioi-mamba/scores.parquet")
+    assert plain.height == 6 and plain["edge"].to_list() == list(dict.fromkeys(scores["edge"].to_list()))
+    # the positional scores summed over positions are EAP-IG's (which keeps |score|)
+    summed = scores.group_by("edge", maintain_order=True).agg(pl.col("score").sum())["score"].abs().to_numpy()
+    assert abs(summed - plain["eap-ig"].to_numpy()).max() < 1e-6  # float32 model
+    importance = pl.read_csv("data/figures/positional/layer_importance.csv")
+    assert importance["layer"].to_list() == [0, 1]
+    metrics = json.loads(Path("data/evaluate/ioi-mamba/metrics.json").read_text())
+    assert any(key.endswith("_passes") for key in metrics)  # the hypothesis tests ran on its circuit
+    assert (Path("data/evaluate/ioi-mamba/adversarial") / "summary.parquet").exists() or any(Path("data/evaluate/ioi-mamba/adversarial").iterdir())
+    page = next(Path("data/report").glob("*.html")).read_text()
+    assert "Positional attribution" in page and loaded.pairs["ioi-mamba"].positional

@@ -438,17 +438,22 @@ def grouped_mean(values: np.ndarray, rows: Sequence, columns: Sequence) -> pl.Da
 
 
 # ---- gradient search for bad inputs ------------------------------------------------------------
+def _token_embedding(model: HookedTransformer, graph: Graph) -> torch.nn.Module:
+    """The model's token-embedding module (a Mamba model's ``embedding``, a transformer's ``embed``)."""
+    return model.embedding if graph.is_mamba else model.embed
+
+
 @contextlib.contextmanager
-def _token_embeddings(model: HookedTransformer, embeddings: torch.Tensor) -> Iterator[None]:
-    """While open, ``model.embed`` returns ``embeddings`` (batch, pos, d_model) whatever its tokens:
-    the patching engine reads token ids, so soft inputs enter through this forward hook."""
+def _token_embeddings(model: HookedTransformer, graph: Graph, embeddings: torch.Tensor) -> Iterator[None]:
+    """While open, the token embedding returns ``embeddings`` (batch, pos, d_model) whatever its
+    tokens: the patching engine reads token ids, so soft inputs enter through this forward hook."""
 
     def replace(module, args, output):
         if output.shape != embeddings.shape:
             raise ValueError(f"Soft embeddings {tuple(embeddings.shape)} do not match the tokens' {tuple(output.shape)}.")
         return embeddings
 
-    handle = model.embed.register_forward_hook(replace)
+    handle = _token_embedding(model, graph).register_forward_hook(replace)
     try:
         yield
     finally:
@@ -506,7 +511,8 @@ def search_bad_inputs(
     device = clean_pool.device
     masks = masks.to(device)
     with torch.no_grad():
-        clean_embed, corrupted_embed = model.embed(clean_pool), model.embed(corrupted_pool)  # (n, pos, d_model)
+        embed = _token_embedding(model, graph)
+        clean_embed, corrupted_embed = embed(clean_pool), embed(corrupted_pool)  # (n, pos, d_model)
 
     def start(pool_size: int) -> torch.Tensor:
         chosen = torch.randint(pool_size, (n_restarts,), generator=generator)
@@ -527,9 +533,9 @@ def search_bad_inputs(
     history = []
     for _ in range(steps):
         clean_w, corrupted_w = clean_logits.softmax(-1), corrupted_logits.softmax(-1)
-        with _token_embeddings(model, torch.einsum("rpn,npd->rpd", corrupted_w, corrupted_embed)):
+        with _token_embeddings(model, graph, torch.einsum("rpn,npd->rpd", corrupted_w, corrupted_embed)):
             _, outputs = patched_forward(model, graph, dummy, zeros, all_ones, return_deltas=True)
-        with _token_embeddings(model, torch.einsum("rpn,npd->rpd", clean_w, clean_embed)):
+        with _token_embeddings(model, graph, torch.einsum("rpn,npd->rpd", clean_w, clean_embed)):
             reference = run_circuits(model, graph, dummy, zeros, keep_all)[:, position].double()
             circuit = run_circuits(model, graph, dummy, outputs[0], masks[0])[:, position].double()
         kl = kl_divergence(reference, circuit)  # (restart,)

@@ -165,7 +165,7 @@ def plot_faithfulness(
 
 
 # ---- circuit diagrams --------------------------------------------------------------------------
-_END = re.compile(r"^(?:(?P<input>input|embed|pos_embed)|a(?P<al>\d+)\.(?P<h>\d+)(?:\.(?P<qkv>[qkv]))?|m(?P<ml>\d+)|(?P<logits>logits))$")
+_END = re.compile(r"^(?:(?P<input>input|embed|pos_embed)|a(?P<al>\d+)\.(?P<h>\d+)(?:\.(?P<qkv>[qkv]))?|[ml](?P<ml>\d+)|(?P<logits>logits))$")
 
 
 def _parse_end(name: str, edge: str) -> tuple[str, str | None]:
@@ -174,7 +174,7 @@ def _parse_end(name: str, edge: str) -> tuple[str, str | None]:
     if match is None:
         raise ValueError(
             f"Cannot draw edge {edge!r}: {name!r} is not a node name (input, embed, pos_embed, "
-            "a{layer}.{head}[.q|.k|.v], m{layer} or logits)."
+            "a{layer}.{head}[.q|.k|.v], m{layer}, a Mamba layer l{layer} or logits)."
         )
     if match["al"] is not None:
         return f"a{match['al']}.{match['h']}", match["qkv"]
@@ -203,11 +203,11 @@ def circuit_layout(nodes: Sequence[str]) -> dict[str, tuple[float, float]]:
     """(x, y) of every node of a circuit diagram: rows by position in the residual stream.
 
     The input(s) at the bottom (y 0), then per layer l the heads ``a{l}.*`` (y 2l+1) and the MLP
-    ``m{l}`` (y 2l+2), the logits at the top.  Heads spread by head index over the width needed
+    ``m{l}`` or Mamba layer ``l{l}`` (y 2l+2), the logits at the top.  Heads spread by head index over the width needed
     for the largest head index present; MLP, input and logits sit in the middle (``embed`` and
     ``pos_embed`` either side of it).
     """
-    layers = [int(m) for n in nodes for m in re.findall(r"^(?:a|m)(\d+)", n)]
+    layers = [int(m) for n in nodes for m in re.findall(r"^(?:a|m|l)(\d+)", n)]
     heads = [int(n.split(".")[1]) for n in nodes if n.startswith("a")]
     n_layers = max(layers, default=-1) + 1
     width = max(heads, default=0) + 1
@@ -219,7 +219,7 @@ def circuit_layout(nodes: Sequence[str]) -> dict[str, tuple[float, float]]:
             layout[node] = (inputs[node], 0.0)
         elif node == "logits":
             layout[node] = (middle, 2.0 * n_layers + 1)
-        elif node.startswith("m"):
+        elif node[0] in "ml":
             layout[node] = (middle, 2.0 * int(node[1:]) + 2)
         else:
             layer, head = (int(part) for part in node[1:].split("."))
