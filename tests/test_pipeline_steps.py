@@ -17,8 +17,8 @@ def test_answer_positions_are_the_last_or_the_last_predicted_one(tmp_path):
         assert torch.equal(_answer_positions(examples), torch.full((5,), expected))
 
 
-def run_slice(tmp_path, monkeypatch, names, edit=None):
-    """The default params' pairs ``names`` (tiny: a few training steps, the code path, not trained
+def run_slice(tmp_path, monkeypatch, names, edit=None, source="params.yaml"):
+    """The pairs ``names`` of ``source`` (params.yaml or params-full.yaml; tiny: a few training steps, the code path, not trained
     models) through models -> generate -> cache -> discover -> evaluate, every figure and the
     report, in this process; returns the params."""
     import yaml
@@ -27,7 +27,7 @@ def run_slice(tmp_path, monkeypatch, names, edit=None):
     from circuitflow.config import load_params
     from tests.project_copy import ROOT, only_pairs, tiny_params
 
-    params = only_pairs(tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text())), names)
+    params = only_pairs(tiny_params(yaml.safe_load((ROOT / source).read_text())), names)
     if edit is not None:
         edit(params)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -50,7 +50,7 @@ def test_the_siit_slice_runs_through_every_step_into_the_benchmark_table(tmp_pat
     def no_tests(params):
         params["evaluate"].update(hypothesis_tests=None, adversarial=None)
 
-    loaded = run_slice(tmp_path, monkeypatch, ["siit-reverse", "siit-hist"], no_tests)
+    loaded = run_slice(tmp_path, monkeypatch, ["siit-reverse", "siit-hist"], no_tests, source="params-full.yaml")
 
     table = pl.read_csv("data/figures/siit/auroc_table.csv")
     assert table.shape[0] == 2 * len(loaded.methods)
