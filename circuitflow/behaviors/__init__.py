@@ -179,16 +179,30 @@ SIIT_PREFIX = "siit-"
 
 
 def siit_behavior(case: str) -> Behavior:
-    """The behavior of SIIT case ``case`` (its datasets, MSE score and logit-margin metric)."""
+    """The behavior of SIIT case ``case``: its datasets, the logit-margin attribution metric, and as
+    score KL(model || circuit) averaged over the output positions for a categorical case (SIIT
+    trains the output distribution with cross-entropy, and its strict loss leaves non-circuit
+    nodes free to move logits that do not change it: a distance between raw logits would count
+    those), the squared error of the output for a numerical one."""
     from circuitflow.models import siit_cases
+    from circuitflow.patching import kl_divergence
 
-    siit_cases.get_case(case)  # an unknown case is a ValueError naming the known ones
+    high_level = siit_cases.get_case(case)  # an unknown case is a ValueError naming the known ones
+    positions = list(high_level.output_positions)
+
+    def output_kl(circuit_logits: torch.Tensor, model_logits: torch.Tensor, examples: Examples) -> torch.Tensor:
+        return kl_divergence(model_logits[:, positions], circuit_logits[:, positions]).mean(-1)
+
+    def squared_error(circuit_logits: torch.Tensor, model_logits: torch.Tensor, examples: Examples) -> torch.Tensor:
+        return siit_cases.score(case, circuit_logits, model_logits)
+
     return Behavior(
         name=f"{SIIT_PREFIX}{case}",
         make_dataset=lambda n_examples, seed: siit_cases.make_dataset(case, n_examples, seed),
-        score=lambda circuit_logits, model_logits, examples: siit_cases.score(case, circuit_logits, model_logits),
+        score=output_kl if high_level.categorical else squared_error,
         attribution_metric=lambda logits, examples: siit_cases.attribution_metric(case, logits, examples),
         encode=_id_columns,
+        kl_divergence=output_kl if high_level.categorical else None,
     )
 
 
