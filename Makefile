@@ -51,9 +51,11 @@ run-flow: setup
 	$(BIN)/circuitflow run
 
 # Full training runs (the organisms' and SIIT cases' accuracy targets, minutes each: 10 to 30 minutes
-# together) stay out of `make test`, which must finish in 10 minutes on 2 cores; the default pipeline
-# trains the organisms anyway.  Run them with `make test-training`.
+# together) and Shi et al.'s tests at the paper's full settings on tracr-reverse stay out of
+# `make test`, which must finish in 10 minutes on 2 cores; the default pipeline trains the organisms
+# and runs the tests anyway.  Run them with `make test-training`.
 TRAINING = tests/test_organisms.py::test_full_training_reaches_the_accuracy_target \
+	tests/test_hypothesis_tests.py::test_tracr_ground_truth_at_the_paper_defaults \
 	tests/test_organisms.py::test_full_induction_training_learns_induction_heads \
 	tests/test_siit.py::test_trained_reverse_resampling_non_circuit_nodes_changes_under_one_percent \
 	tests/test_siit.py::test_each_tracr_case_trains_to_the_target \
