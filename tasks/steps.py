@@ -12,6 +12,9 @@ from tasks.tracking import log_step, mlflow_run
 
 
 def _run_step(stage: str, key: str | None, params_path: str, parent_run: str | None) -> dict[str, float]:
+    import torch
+
+    torch.set_flush_denormal(True)  # per thread: this task's, as circuitflow/__init__.py does for the main one
     params = load_params(params_path)
     step = getattr(pipeline, {"models": "build_model"}.get(stage, stage))
     experiment = params.section("mlflow").get("experiment", "circuitflow")
