@@ -29,7 +29,8 @@ from circuitflow.evaluation import hypothesis_tests as ht
 from circuitflow.evaluation.random_circuits import random_circuit_masks
 from circuitflow.graph import Graph
 from circuitflow.models import tracr
-from circuitflow.patching import ablation_values, kl_divergence, source_outputs
+from circuitflow.metrics import kl_divergence
+from circuitflow.patching import ablation_values, source_outputs
 
 
 def tracr_case(name: str, lengths: tuple[int, ...]):

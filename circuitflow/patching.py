@@ -639,10 +639,3 @@ def run_circuits_from(
         for start in range(0, dense.shape[0], circuits_per_pass)
     ])
     return logits[0] if single else logits
-
-
-def kl_divergence(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """KL(reference || other) per row, over the last (vocab) dimension; shapes (..., vocab) -> (...)."""
-    ref = F.log_softmax(reference_logits, dim=-1)
-    other = F.log_softmax(logits, dim=-1)
-    return (ref.exp() * (ref - other)).sum(-1)

@@ -27,7 +27,8 @@ from circuitflow.discovery.acdc import (
 from circuitflow.discovery.circuits import above_threshold
 from circuitflow.evaluation.roc import auc_pessimistic, auc_trapezoid, roc_from_circuits, roc_points
 from circuitflow.graph import Graph
-from circuitflow.patching import ablation_values, kl_divergence, run_circuits, source_outputs
+from circuitflow.metrics import kl_divergence
+from circuitflow.patching import ablation_values, run_circuits, source_outputs
 
 TAUS = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
 

@@ -28,7 +28,8 @@ from circuitflow.evaluation.adversarial import (
     z_scores,
 )
 from circuitflow.graph import Graph
-from circuitflow.patching import kl_divergence, run_circuits, source_outputs
+from circuitflow.metrics import kl_divergence
+from circuitflow.patching import run_circuits, source_outputs
 from circuitflow.report.adversarial_figures import plot_grouped_heatmap, plot_kl_distributions
 from conftest import small_model
 

@@ -16,10 +16,10 @@ from circuitflow.discovery.subnetwork_probing import subnetwork_probing_sweep
 from circuitflow.graph import Graph
 from circuitflow.models import MODEL_KINDS
 from circuitflow.models import mamba as mamba_kind
+from circuitflow.metrics import kl_divergence
 from circuitflow.patching import (
     ablation_values,
     check_model,
-    kl_divergence,
     run_circuits,
     run_circuits_from,
     source_outputs,

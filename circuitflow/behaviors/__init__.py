@@ -87,6 +87,7 @@ import torch
 
 from circuitflow.behaviors import bigbench, docstring, greater_than, induction, ioi
 from circuitflow.behaviors import tracr as tracr_behaviors
+from circuitflow.metrics import positions_kl
 
 Examples = dict[str, torch.Tensor]
 
@@ -185,13 +186,12 @@ def siit_behavior(case: str) -> Behavior:
     nodes free to move logits that do not change it: a distance between raw logits would count
     those), the squared error of the output for a numerical one."""
     from circuitflow.models import siit_cases
-    from circuitflow.patching import kl_divergence
 
     high_level = siit_cases.get_case(case)  # an unknown case is a ValueError naming the known ones
     positions = list(high_level.output_positions)
 
     def output_kl(circuit_logits: torch.Tensor, model_logits: torch.Tensor, examples: Examples) -> torch.Tensor:
-        return kl_divergence(model_logits[:, positions], circuit_logits[:, positions]).mean(-1)
+        return positions_kl(model_logits, circuit_logits, positions)
 
     def squared_error(circuit_logits: torch.Tensor, model_logits: torch.Tensor, examples: Examples) -> torch.Tensor:
         return siit_cases.score(case, circuit_logits, model_logits)

@@ -34,7 +34,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from circuitflow.behaviors.tokenizer import bos_id, encode_words
-from circuitflow.patching import kl_divergence as _kl
+from circuitflow.metrics import kl_divergence as _kl
 
 PREFIX = "bigbench:"
 

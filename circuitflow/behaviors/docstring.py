@@ -29,7 +29,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from circuitflow.behaviors.tokenizer import encode_answers, encode_prompts
-from circuitflow.patching import kl_divergence as _kl
+from circuitflow.metrics import kl_divergence as _kl
 
 DEFAULT_N_EXAMPLES = 100
 N_PREFIX, N_MATCHING, N_SUFFIX = 2, 3, 1  # ACDC: n_def_prefix_args, n_matching_args, n_def_suffix_args

@@ -32,7 +32,7 @@ from circuitflow.behaviors.tokenizer import (
     encode_prompts,
     glue_punctuation,
 )
-from circuitflow.patching import kl_divergence as _kl
+from circuitflow.metrics import kl_divergence as _kl
 
 DEFAULT_N_EXAMPLES = 100
 TEMPLATE = "The {NOUN} lasted from the year {XX} {YY} to the year {XX}"

@@ -27,7 +27,7 @@ from transformers import PreTrainedTokenizerBase
 
 from circuitflow.behaviors.tokenizer import encode_prompts
 from circuitflow.behaviors.tracr import derangement
-from circuitflow.patching import kl_divergence as _kl
+from circuitflow.metrics import kl_divergence as _kl
 
 DEFAULT_N_EXAMPLES = 100
 HALF_LENGTH = 10

@@ -26,7 +26,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from circuitflow.behaviors.tokenizer import encode_answers, encode_prompts
-from circuitflow.patching import kl_divergence as _kl
+from circuitflow.metrics import kl_divergence as _kl
 
 DEFAULT_N_EXAMPLES = 100
 

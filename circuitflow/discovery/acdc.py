@@ -97,7 +97,8 @@ from transformer_lens import HookedTransformer
 
 from circuitflow.circuit import Circuit
 from circuitflow.graph import Graph
-from circuitflow.patching import check_model, kl_divergence, run_circuits, run_circuits_from, source_outputs, sources_before
+from circuitflow.metrics import kl_divergence
+from circuitflow.patching import check_model, run_circuits, run_circuits_from, source_outputs, sources_before
 
 # metric(logits (batch, pos, vocab)) -> scalar tensor; a loss, lower is better
 Metric = Callable[[Tensor], Tensor]

@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from circuitflow.graph import Graph
-from circuitflow.patching import kl_divergence, run_circuits
+from circuitflow.metrics import positions_kl
+from circuitflow.patching import run_circuits
 
 Level = Literal["edge", "node"]
 LEVELS: tuple[str, ...] = get_args(Level)
@@ -81,7 +82,7 @@ def kl_loss(positions: Sequence[int] | slice | None = None) -> Loss:
         where = list(where)
 
     def loss(circuit_logits: torch.Tensor, model_logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return kl_divergence(model_logits[:, where], circuit_logits[:, where]).mean(-1)
+        return positions_kl(model_logits, circuit_logits, where)
 
     return loss
 

@@ -48,7 +48,8 @@ from transformer_lens import HookedTransformer
 from circuitflow.circuit import Circuit
 from circuitflow.graph import Graph
 from circuitflow.io import write_atomic
-from circuitflow.patching import kl_divergence, patched_forward, run_circuits, source_outputs
+from circuitflow.metrics import kl_divergence
+from circuitflow.patching import patched_forward, run_circuits, source_outputs
 
 PERCENTILES: tuple[float, ...] = (25, 50, 75, 95, 99, 99.9, 99.99)
 PAIR_SCHEMA = pa.schema(
