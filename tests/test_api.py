@@ -192,3 +192,84 @@ def test_bad_inputs_are_one_sentence(model, kwargs, message):
 def test_a_model_that_is_not_one_is_refused():
     with pytest.raises(ValueError, match="HookedTransformer, a model directory or a LoadedModel"):
         find_circuit(42, CLEAN, CORRUPTED, ANSWERS, WRONG)
+
+
+# ---- counterfactual pairs files (pairs:<path>) --------------------------------------------------
+def pairs_frame(n=4):
+    return pl.DataFrame({"note": [f"row {i}" for i in range(n)], "clean": CLEAN[:n], "corrupted": CORRUPTED[:n],
+                         "answer": ANSWERS[:n], "wrong_answer": WRONG[:n]})
+
+
+@pytest.fixture
+def pairs_csv(tmp_path):
+    path = tmp_path / "my_pairs.csv"
+    pairs_frame().write_csv(path)
+    return path
+
+
+def test_pairs_files_read_alike_and_sample_deterministically(pairs_csv, tmp_path):
+    pairs_frame().write_parquet(tmp_path / "my_pairs.parquet")
+    from_csv, from_parquet = (get_behavior(f"pairs:{p}") for p in (pairs_csv, tmp_path / "my_pairs.parquet"))
+    frame = from_csv.make_dataset(None, 0)
+    assert frame.columns == ["index", "clean", "corrupted", "answer", "wrong_answer"]
+    assert frame.equals(from_parquet.make_dataset(None, 0))
+    assert frame["clean"].to_list() == CLEAN and frame["index"].to_list() == [0, 1, 2, 3]
+    sample = from_csv.make_dataset(2, 7)
+    assert sample.equals(from_csv.make_dataset(2, 7)) and sample["index"].to_list() == sorted(sample["index"].to_list())
+    assert {tuple(from_csv.make_dataset(2, seed)["index"]) for seed in range(20)} != {tuple(sample["index"])}
+    assert from_csv.vocabulary() == sorted({w for text in [*CLEAN, *CORRUPTED, *ANSWERS, *WRONG] for w in text.split()})
+    assert from_csv.training_examples(3, 0).columns == ["prompt", "target"]
+
+
+def test_pairs_encode_score_and_kl_by_hand(pairs_csv, tokenizer):
+    behavior = get_behavior(f"pairs:{pairs_csv}")
+    examples = behavior.encode(behavior.make_dataset(None, 0), tokenizer)
+    assert torch.equal(examples["clean"], encoded(tokenizer, CLEAN)) and torch.equal(examples["corrupted"], encoded(tokenizer, CORRUPTED))
+    assert examples["answer"].tolist() == [tokenizer.convert_tokens_to_ids(w) for w in ANSWERS]
+    circuit_logits, model_logits = torch.randn(2, 4, 15, len(tokenizer), generator=torch.Generator().manual_seed(0))
+    difference = logit_difference(circuit_logits, examples["answer"], examples["wrong_answer"])
+    torch.testing.assert_close(behavior.score(circuit_logits, model_logits, examples), -difference)
+    torch.testing.assert_close(behavior.attribution_metric(circuit_logits, examples), difference.sum())
+    p, q = model_logits[:, -1].softmax(-1), circuit_logits[:, -1].softmax(-1)
+    torch.testing.assert_close(behavior.kl_divergence(circuit_logits, model_logits, examples), (p * (p / q).log()).sum(-1))
+
+
+def test_find_circuit_on_a_pairs_file_equals_the_same_prompts(model, pairs_csv):
+    from_file = find_circuit(model, behavior=f"pairs:{pairs_csv}", method="eap")
+    assert torch.equal(from_file.scores, find_circuit(model, CLEAN, CORRUPTED, ANSWERS, WRONG, method="eap").scores)
+    sampled = find_circuit(model, behavior=f"pairs:{pairs_csv}", method="eap", n_examples=2, seed=1)
+    rows = get_behavior(f"pairs:{pairs_csv}").make_dataset(2, 1)["index"].to_list()
+    pick = lambda values: [values[i] for i in rows]  # noqa: E731
+    assert torch.equal(sampled.scores, find_circuit(model, pick(CLEAN), pick(CORRUPTED), pick(ANSWERS), pick(WRONG), method="eap").scores)
+
+
+@pytest.mark.parametrize(("write", "message"), [
+    (None, "does not exist"),
+    (lambda p: p.write_bytes(b""), "is empty"),
+    (lambda p: p.write_text("clean,corrupted,answer,wrong_answer\n"), "holds no rows"),
+    (lambda p: p.write_bytes("clean,corrupted,answer,wrong_answer\nJos\xe9,b,c,d\n".encode("latin-1")), "not UTF-8"),
+    (lambda p: pairs_frame().drop("wrong_answer").write_csv(p), "no 'wrong_answer' column"),
+    (lambda p: pairs_frame().with_columns(pl.Series("answer", ["Mary", None, "Tom", "Tom"])).write_csv(p), "Row 1 .* empty 'answer' cell"),
+])
+def test_bad_pairs_files_are_one_sentence_naming_the_file(tmp_path, write, message):
+    path = tmp_path / "bad.csv"
+    if write is not None:
+        write(path)
+    with pytest.raises(ValueError, match=message) as error:
+        get_behavior(f"pairs:{path}").make_dataset(None, 0)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_pairs_files_refuse_ragged_prompts_other_suffixes_and_no_path(tmp_path, tokenizer):
+    path = tmp_path / "ragged.csv"
+    pairs_frame().with_columns(pl.Series("corrupted", [*CORRUPTED[:2], "When Anna went to the store , Tom gave a drink to", CORRUPTED[3]])).write_csv(path)
+    behavior = get_behavior(f"pairs:{path}")
+    with pytest.raises(ValueError, match=f"corrupted prompt of example 2 of pairs file {re.escape(str(path))} is 13 tokens .* same number of tokens"):
+        behavior.encode(behavior.make_dataset(None, 0), tokenizer)
+    (tmp_path / "pairs.txt").write_text("x")
+    with pytest.raises(ValueError, match="neither .csv nor .parquet"):
+        get_behavior(f"pairs:{tmp_path / 'pairs.txt'}").make_dataset(None, 0)
+    with pytest.raises(ValueError, match="names no file"):
+        get_behavior("pairs:")
+    with pytest.raises(ValueError, match="ask for 1 to 4"):
+        get_behavior(f"pairs:{path}").make_dataset(9, 0)

@@ -4,6 +4,7 @@ Registry names (``get_behavior(name)``; ``BEHAVIORS`` holds the built-in ones):
   "ioi", "greater-than", "docstring", "induction"   word-level behaviors of the papers (REFERENCE.md 5)
   "tracr-reverse", "tracr-proportion"               tracr programs (datasets already token ids)
   "bigbench:<path to a JSON file>"                  a BIG-bench-style task imported by ``bigbench.py``
+  "pairs:<path to a CSV or Parquet file>"           the user's counterfactual pairs (``counterfactual.py``)
   "siit-<case>"                                     the task of a SIIT case (``models/siit_cases.py``;
                                                     token ids like tracr, the score the MSE against the model)
 
@@ -85,7 +86,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from circuitflow.behaviors import bigbench, docstring, greater_than, induction, ioi
+from circuitflow.behaviors import bigbench, counterfactual, docstring, greater_than, induction, ioi
 from circuitflow.behaviors import tracr as tracr_behaviors
 from circuitflow.metrics import positions_kl
 
@@ -216,6 +217,8 @@ def get_behavior(name: str) -> Behavior:
         if not path:
             raise ValueError(f"Behavior {name!r} names no file; write 'bigbench:' followed by the path of the JSON task.")
         return bigbench_behavior(path)
+    if name.startswith(counterfactual.PREFIX):  # the user's counterfactual pairs (CSV or Parquet)
+        return _words(name, counterfactual.PairsFile(name[len(counterfactual.PREFIX):]))
     if name not in BEHAVIORS:
         raise ValueError(f"Unknown behavior {name!r}; known behaviors: {', '.join(BEHAVIORS)}, bigbench:<path to a JSON task>, or siit-<case>.")
     return BEHAVIORS[name]
