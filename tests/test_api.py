@@ -20,7 +20,7 @@ from circuitflow.circuit import Circuit
 from circuitflow.discovery.eap import eap_scores
 from circuitflow.discovery.eap_ig import eap_ig_inputs_scores
 from circuitflow.graph import Graph
-from circuitflow.models import checkpoint, load_model, organisms
+from circuitflow.models import MODEL_KINDS, checkpoint, load_model, organisms
 from circuitflow.patching import run_circuits, source_outputs
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -273,3 +273,68 @@ def test_pairs_files_refuse_ragged_prompts_other_suffixes_and_no_path(tmp_path, 
         get_behavior("pairs:")
     with pytest.raises(ValueError, match="ask for 1 to 4"):
         get_behavior(f"pairs:{path}").make_dataset(9, 0)
+
+
+# ---- the checkpoint model kind ------------------------------------------------------------------
+CONFIG = dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=50, n_ctx=16, act_fn="gelu", normalization_type="LN")
+
+
+def write_checkpoint(directory, model, config=CONFIG, state=None):
+    """A checkpoint directory written by hand, as a researcher would: config.json and model.safetensors."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config))
+    save_file(state if state is not None else {k: v.contiguous() for k, v in model.state_dict().items()}, directory / "model.safetensors")
+    return directory
+
+
+def test_checkpoint_builds_and_loads_with_the_original_logits(tmp_path):
+    original = small_model(seed=5, n_layers=2)
+    source = write_checkpoint(tmp_path / "mine", original)
+    kind = MODEL_KINDS["checkpoint"]
+    kind.validate("mine", {"kind": "checkpoint", "path": str(source)})
+    metrics = kind.build("mine", {"kind": "checkpoint", "path": str(source)}, tmp_path / "built")
+    assert metrics["n_parameters"] == sum(p.numel() for p in original.parameters())
+    assert json.loads((tmp_path / "built/config.json").read_text())["kind"] == "checkpoint"
+    loaded = load_model(tmp_path / "built")
+    tokens = torch.randint(0, 50, (3, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(tokens), original(tokens))
+    assert loaded.graph == Graph.from_config(original.cfg) and loaded.tokenizer is None
+
+
+def test_checkpoint_with_a_tokenizer_runs_find_circuit(tmp_path, model):
+    checkpoint.save_checkpoint(model, tmp_path / "saved")  # the model's own tokenizer goes to tokenizer/
+    MODEL_KINDS["checkpoint"].build("saved", {"kind": "checkpoint", "path": str(tmp_path / "saved")}, tmp_path / "built")
+    loaded = load_model(tmp_path / "built")
+    assert loaded.tokenizer.convert_tokens_to_ids("Mary") == model.tokenizer.convert_tokens_to_ids("Mary")
+    from_directory = find_circuit(tmp_path / "built", CLEAN, CORRUPTED, ANSWERS, WRONG, method="eap")
+    torch.testing.assert_close(from_directory.scores, find_circuit(model, CLEAN, CORRUPTED, ANSWERS, WRONG, method="eap").scores)
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda d, state: (d / "config.json").unlink(), "config.json does not exist"),
+    (lambda d, state: (d / "model.safetensors").unlink(), "model.safetensors do not exist"),
+    (lambda d, state: (d / "config.json").write_text(json.dumps({**CONFIG, "n_lauers": 2})), "unknown key 'n_lauers'"),
+    (lambda d, state: (d / "config.json").write_text("{"), "config.json is not JSON"),
+    (lambda d, state: (d / "config.json").write_text(json.dumps({**CONFIG, "dtype": "float99"})), "not a torch dtype"),
+    (lambda d, state: save_file({**state, "embed.W_E": torch.zeros(40, 32)}, d / "model.safetensors"), "'embed.W_E' shape \\(40, 32\\)"),
+    (lambda d, state: save_file({k: v for k, v in state.items() if k != "unembed.W_U"}, d / "model.safetensors"), "lack 'unembed.W_U'"),
+    (lambda d, state: save_file({**state, "extra.weight": torch.zeros(2)}, d / "model.safetensors"), "hold 'extra.weight'"),
+    (lambda d, state: (d / "model.safetensors").write_bytes(b"not safetensors"), "not a safetensors file"),
+])
+def test_bad_checkpoints_are_one_sentence_naming_the_file(tmp_path, damage, message):
+    original = small_model(seed=5, n_layers=2)
+    state = {k: v.contiguous() for k, v in original.state_dict().items()}
+    source = write_checkpoint(tmp_path / "mine", original)
+    damage(source, state)
+    with pytest.raises(ValueError, match=message) as error:
+        MODEL_KINDS["checkpoint"].build("mine", {"kind": "checkpoint", "path": str(source)}, tmp_path / "built")
+    assert str(source) in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "built" / "config.json").exists()
+
+
+def test_checkpoint_spec_is_validated():
+    with pytest.raises(ValueError, match="unknown setting 'weights'"):
+        checkpoint.validate("mine", {"kind": "checkpoint", "path": "x", "weights": "y"})
+    with pytest.raises(ValueError, match="needs `path`"):
+        checkpoint.validate("mine", {"kind": "checkpoint"})
