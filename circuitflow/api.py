@@ -24,18 +24,23 @@ mean over the corrupted prompts (``"mean"``), or zero (``"zero"``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
 
-from circuitflow.behaviors import Behavior, get_behavior
-from circuitflow.behaviors import counterfactual
+from circuitflow.behaviors import Behavior, counterfactual, get_behavior
 from circuitflow.circuit import Circuit
-from circuitflow.discovery import METHODS, DiscoveryTask, discover_scores, method_settings
+from circuitflow.discovery import (
+    METHODS,
+    DiscoveryTask,
+    discover_scores,
+    method_settings,
+)
 from circuitflow.discovery.circuits import top_n, top_n_masks
 from circuitflow.discovery.eap import eap_scores
 from circuitflow.discovery.eap_ig import eap_ig_activations_scores, eap_ig_inputs_scores
@@ -93,7 +98,9 @@ class CircuitResult:
 
     def plot(self, path: str | Path, title: str | None = None) -> list[Path]:
         """Draw the circuit (``report.figures.plot_circuit``) at ``path`` as PNG and SVG; returns the files."""
-        from circuitflow.report.figures import plot_circuit  # matplotlib only when a figure is drawn
+        from circuitflow.report.figures import (
+            plot_circuit,  # matplotlib only when a figure is drawn
+        )
 
         title = title or f"{self.method}: {len(self.circuit)} edges, {self.recovered:.0%} recovered"
         return plot_circuit(self.edges, path, title)

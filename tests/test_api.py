@@ -14,8 +14,11 @@ from safetensors.torch import save_file
 
 from circuitflow.api import find_circuit
 from circuitflow.behaviors import get_behavior
-from circuitflow.behaviors import counterfactual
-from circuitflow.behaviors.tokenizer import build_word_tokenizer, load_tokenizer, save_tokenizer
+from circuitflow.behaviors.tokenizer import (
+    build_word_tokenizer,
+    load_tokenizer,
+    save_tokenizer,
+)
 from circuitflow.circuit import Circuit
 from circuitflow.discovery.eap import eap_scores
 from circuitflow.discovery.eap_ig import eap_ig_inputs_scores
@@ -24,7 +27,7 @@ from circuitflow.models import MODEL_KINDS, checkpoint, load_model, organisms
 from circuitflow.patching import run_circuits, source_outputs
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-WORDS = "When Mary and John went to the store , gave a drink Anna Paul Kate Tom park ring".split()
+WORDS = ["When", "Mary", "and", "John", "went", "to", "the", "store", ",", "gave", "a", "drink", "Anna", "Paul", "Kate", "Tom", "park", "ring"]
 CLEAN = ["When Mary and John went to the store , John gave a drink to"] * 2 + ["When Tom and Kate went to the park , Kate gave a ring to"] * 2
 CORRUPTED = ["When Anna and Paul went to the store , Tom gave a drink to", "When Paul and Anna went to the park , Mary gave a ring to"] * 2
 ANSWERS, WRONG = ["Mary", "Mary", "Tom", "Tom"], ["John", "John", "Kate", "Kate"]
@@ -57,7 +60,7 @@ def logit_difference(logits, answer, wrong):
 # ---- the README example -------------------------------------------------------------------------
 def readme_example() -> str:
     section = README.read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
 
 
 def test_readme_example_runs_on_a_trained_organism(tmp_path, monkeypatch):
@@ -114,7 +117,7 @@ def test_eap_ig_scores_are_the_signed_eap_ig_function(model, tokenizer):
     clean, corrupted = encoded(tokenizer, CLEAN), encoded(tokenizer, CORRUPTED)
     answers, wrong = (torch.tensor([tokenizer.convert_tokens_to_ids(w) for w in ws]) for ws in (ANSWERS, WRONG))
     graph = Graph.from_config(model.cfg)
-    metric = lambda logits, index: logit_difference(logits, answers[index], wrong[index]).sum()  # noqa: E731
+    metric = lambda logits, index: logit_difference(logits, answers[index], wrong[index]).sum()
     expected = eap_ig_inputs_scores(model, graph, clean, source_outputs(model, graph, corrupted), metric, steps=3)
     torch.testing.assert_close(result.scores, expected, rtol=1e-6, atol=1e-9)
     assert (result.scores < 0).any()
@@ -239,7 +242,7 @@ def test_find_circuit_on_a_pairs_file_equals_the_same_prompts(model, pairs_csv):
     assert torch.equal(from_file.scores, find_circuit(model, CLEAN, CORRUPTED, ANSWERS, WRONG, method="eap").scores)
     sampled = find_circuit(model, behavior=f"pairs:{pairs_csv}", method="eap", n_examples=2, seed=1)
     rows = get_behavior(f"pairs:{pairs_csv}").make_dataset(2, 1)["index"].to_list()
-    pick = lambda values: [values[i] for i in rows]  # noqa: E731
+    pick = lambda values: [values[i] for i in rows]
     assert torch.equal(sampled.scores, find_circuit(model, pick(CLEAN), pick(CORRUPTED), pick(ANSWERS), pick(WRONG), method="eap").scores)
 
 
@@ -276,7 +279,7 @@ def test_pairs_files_refuse_ragged_prompts_other_suffixes_and_no_path(tmp_path, 
 
 
 # ---- the checkpoint model kind ------------------------------------------------------------------
-CONFIG = dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=50, n_ctx=16, act_fn="gelu", normalization_type="LN")
+CONFIG = {"n_layers": 2, "d_model": 32, "n_heads": 4, "d_head": 8, "d_mlp": 64, "d_vocab": 50, "n_ctx": 16, "act_fn": "gelu", "normalization_type": "LN"}
 
 
 def write_checkpoint(directory, model, config=CONFIG, state=None):

@@ -48,7 +48,7 @@ def read_config(path: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"Checkpoint config {path} is not JSON ({error}); write the HookedTransformerConfig fields as a JSON object.") from None
     if not isinstance(config, dict):
-        raise ValueError(f"Checkpoint config {path} is not a JSON object; write the HookedTransformerConfig fields as one.")
+        raise ValueError(f"Checkpoint config {path} is not a JSON object; write the HookedTransformerConfig fields as one.")  # noqa: TRY004 (bad input is a ValueError here)
     unknown = sorted(set(config) - FIELDS)
     if unknown:
         raise ValueError(f"Checkpoint config {path} has unknown key {unknown[0]!r}; keep only HookedTransformerConfig fields (n_layers, d_model, ...).")
@@ -61,7 +61,7 @@ def hooked_config(fields: dict[str, Any], path: Path) -> HookedTransformerConfig
     if isinstance(fields.get("dtype"), str):
         dtype = getattr(torch, fields["dtype"].removeprefix("torch."), None)
         if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"Checkpoint config {path} has dtype {fields['dtype']!r}, not a torch dtype; write e.g. \"float32\".")
+            raise ValueError(f"Checkpoint config {path} has dtype {fields['dtype']!r}, not a torch dtype; write e.g. \"float32\".")  # noqa: TRY004
         fields["dtype"] = dtype
     try:
         return HookedTransformerConfig(**fields, device="cpu")
