@@ -98,9 +98,8 @@ class CircuitResult:
 
     def plot(self, path: str | Path, title: str | None = None) -> list[Path]:
         """Draw the circuit (``report.figures.plot_circuit``) at ``path`` as PNG and SVG; returns the files."""
-        from circuitflow.report.figures import (
-            plot_circuit,  # matplotlib only when a figure is drawn
-        )
+        # imported here: matplotlib loads only when a figure is drawn
+        from circuitflow.report.figures import plot_circuit
 
         title = title or f"{self.method}: {len(self.circuit)} edges, {self.recovered:.0%} recovered"
         return plot_circuit(self.edges, path, title)
