@@ -47,19 +47,39 @@ def test_equivalence_p_values_match_the_reference_check_values():
 
 
 def test_equivalence_uses_the_fraction_not_the_mean_difference():
-    model = np.zeros(100)
+    model = np.linspace(0.0, 1.0, 100)  # a score that varies over the examples
     # far off on every example, better half the time and worse half the time: P(delta > 0) = 1/2
-    balanced = np.where(np.arange(100) % 2 == 0, 10.0, -10.0)
+    balanced = model + np.where(np.arange(100) % 2 == 0, 10.0, -10.0)
     result = ht.equivalence_test(balanced, model)
-    assert (result.statistic, result.p_value, result.passes) == (0.5, pytest.approx(1.0), True)
+    assert (result.statistic, result.p_value, result.passes, result.status) == (0.5, pytest.approx(1.0), True, "passes")
     identical = ht.equivalence_test(model, model)  # all ties: counted one half each
     assert identical.statistic == 0.5 and identical.p_value == pytest.approx(1.0) and identical.passes
-    worse_75 = np.where(np.arange(100) < 75, 1.0, -1.0)
+    assert (identical.k, identical.ties) == (0, 100)
+    worse_75 = model + np.where(np.arange(100) < 75, 1.0, -1.0)
     result = ht.equivalence_test(worse_75, model)
     assert result.statistic == 0.75 and result.p_value == pytest.approx(0.0012, abs=0.00005)
-    assert result.reject and not result.passes
-    ties = ht.equivalence_test(np.r_[np.full(50, 1e-12), np.ones(50)], np.zeros(100))  # 50 ties, 50 worse
-    assert ties.statistic == 0.75 and ties.settings["n_ties"] == 50
+    assert result.reject and not result.passes and result.status == "fails"
+    ties = ht.equivalence_test(model + np.r_[np.full(50, 1e-12), np.ones(50)], model)  # 50 ties, 50 worse
+    assert ties.statistic == 0.75 and ties.settings["n_ties"] == 50 and (ties.k, ties.ties) == (50, 50)
+
+
+def test_equivalence_and_independence_do_not_apply_to_a_constant_model_score():
+    """tracr / categorical SIIT: s(M) compares the model with itself, 0 on every example."""
+    model = np.zeros(40)
+    circuit = np.r_[np.zeros(30), np.ones(10)]
+    result = ht.equivalence_test(circuit, model)
+    assert result.status == "not applicable" and not result.passes and not result.reject and "constant" in result.reason
+    assert (result.k, result.ties) == (10, 30)  # counted all the same
+    independence = ht.independence_test(model, np.arange(40.0))
+    assert independence.status == "not applicable" and not independence.passes and "constant" in independence.reason
+    assert ht.independence_test(np.arange(40.0), np.full(40, 2.0)).status == "not applicable"
+    frame = ht.results_frame([result, independence], circuit="c")
+    assert frame["status"].to_list() == ["not applicable"] * 2 and not frame["passes"].any()
+    assert frame["reason"].str.contains("constant").all()
+    with pytest.raises(ValueError, match="reason"):
+        ht.HypothesisResult("equivalence", "p_hat", 0.5, 1.0, 0.05, False, False, 10, status="not applicable")
+    with pytest.raises(ValueError, match="contradicts"):
+        ht.HypothesisResult("equivalence", "p_hat", 0.5, 1.0, 0.05, False, True, 10, status="fails")
 
 
 def test_score_inputs_are_checked():
@@ -128,7 +148,7 @@ def test_hsic_power_and_false_positive_rate_over_seeds():
 
 def test_independence_of_a_constant_score_is_never_rejected():
     result = ht.independence_test(np.zeros(30), np.arange(30.0))
-    assert result.statistic == 0.0 and result.p_value == 1.0 and result.passes
+    assert result.statistic == 0.0 and result.p_value == 1.0 and not result.reject and result.status == "not applicable"
 
 
 def test_independence_is_deterministic_in_the_seed():
@@ -144,6 +164,9 @@ def test_independence_is_deterministic_in_the_seed():
 def test_settings_defaults_are_the_papers_and_bad_values_are_refused():
     s = ht.HypothesisSettings()
     assert (s.eps, s.q_star, s.alpha, s.n_random, s.n_permutations, s.n_references, s.seed) == (0.1, 0.9, 0.05, 100, 1000, 1000, 1)
+    assert s.effect == "squared" and ht.HypothesisSettings(effect="mean_difference").effect == "mean_difference"
+    with pytest.raises(ValueError, match="Unknown minimality effect 'abs'"):
+        ht.HypothesisSettings(effect="abs")
     assert ht.HypothesisSettings.from_params({"n_references": 10_000}).n_references == 10_000
     with pytest.raises(ValueError, match="Unknown hypothesis-test setting.*n_refs"):
         ht.HypothesisSettings.from_params({"n_refs": 5})
@@ -184,6 +207,72 @@ def test_minimality_and_sufficiency_on_an_additive_behavior():
     assert flagged.result.statistic == len(unnecessary) and flagged.result.settings["alpha_per_edge"] == 0.05 / len(bigger)
     assert ht.sufficiency_test(evaluate, circuit, model_scores, progress=False).passes
     assert ht.partial_necessity_test(evaluate, circuit, model_scores, progress=False).passes
+
+
+def test_minimality_squared_effect_sees_changes_of_opposite_sign():
+    """Knocking out a circuit edge moves 50 examples by +1 and 50 by -1; every reference knockout
+    (an edge outside C) moves all 100 by +0.1."""
+    graph = Graph(2, 4, False)
+    paths = random_paths(graph, 1, 0)
+    members = torch.zeros(graph.n_edges, dtype=torch.bool)
+    members[paths[paths >= 0]] = True
+    signs = torch.where(torch.arange(100) < 50, 1.0, -1.0).double()
+
+    def evaluate(masks):
+        ablated = 1 - masks.double()
+        inside, outside = ablated[:, members].sum(1), ablated[:, ~members].sum(1)
+        return inside[:, None] * signs[None] + 0.1 * outside[:, None] * torch.ones(100, dtype=torch.float64)
+
+    circuit = Circuit(graph, members)
+    # by hand: squared effect of an edge mean((+-1)^2) = 1, of a reference (0.1)^2 = 0.01;
+    # mean difference |mean(+-1)| = 0 for an edge, 0.1 for a reference
+    new = ht.minimality_test(evaluate, circuit, n_references=100, progress=False)
+    assert new.edges["delta"].to_list() == pytest.approx([1.0] * len(circuit))
+    assert new.references == pytest.approx(np.full(100, 0.01))
+    assert (new.edges["k"] == 100).all() and new.edges["necessary"].all() and new.result.status == "passes"
+    assert new.result.settings["effect"] == "squared"
+    old = ht.minimality_test(evaluate, circuit, n_references=100, effect="mean_difference", progress=False)
+    assert old.edges["delta"].to_list() == pytest.approx([0.0] * len(circuit))
+    assert (old.edges["k"] == 0).all() and not old.edges["necessary"].any() and old.result.status == "fails"
+    # knockout_effect against a loop over examples
+    before, after = np.random.default_rng(0).normal(size=(2, 3, 7))
+    brute = [sum((b - a) ** 2 for b, a in zip(before[r], after[r])) / 7 for r in range(3)]
+    assert ht.knockout_effect(before, after) == pytest.approx(brute)
+    assert ht.knockout_effect(before, after, "mean_difference") == pytest.approx(np.abs(after.mean(1) - before.mean(1)))
+
+
+def test_tie_rules_are_the_reference_codes_on_hand_made_scores():
+    own = np.array([1.0, 1.0])
+    others = np.array([[1.0, 1.0 + 1e-12, 2.0, 0.5], [0.0, 3.0, 1.0, 1.0]])
+    k, ties = ht.count_k_and_ties("le", own, others, 1e-9)  # sufficiency: m(C) <= m(C_r) counts
+    assert k.tolist() == [3, 3] and ties.tolist() == [2, 2]
+    k, ties = ht.count_k_and_ties("gt", own, others, 1e-9)  # partial necessity, minimality: strictly more
+    assert k.tolist() == [1, 1] and ties.tolist() == [2, 2]
+    assert ht.TIE_RULES == {"minimality": "gt", "sufficiency": "le", "partial_necessity": "gt"}
+
+
+def test_sufficiency_and_partial_necessity_report_ties_with_k():
+    """Scores that depend only on how many edges of a set A are ablated: many random circuits tie
+    with the circuit; k and ties against a brute-force count over the same random circuits."""
+    graph = Graph(2, 4, False)
+    a = torch.zeros(graph.n_edges, dtype=torch.bool)
+    a[::7] = True
+    x = torch.linspace(0.5, 1.5, 20, dtype=torch.float64)
+    evaluate = lambda masks: (1 - masks.double())[:, a].sum(1, keepdim=True) * x[None]
+    circuit = Circuit(graph, random_circuit_masks(graph, 12, 1, 5)[0])
+    model_scores = torch.zeros(20, dtype=torch.float64)
+    loss = lambda members: float(((evaluate(members[None].float())[0] - model_scores) ** 2).mean())
+    randoms = random_circuit_masks(graph, 12, 40, np.random.default_rng([1, 12]))
+    for test, run, flip, better in (("sufficiency", ht.sufficiency_test, False, lambda o, r: o <= r + 1e-9),
+                                    ("partial_necessity", ht.partial_necessity_test, True, lambda o, r: o > r + 1e-9)):
+        own = loss(~circuit.members if flip else circuit.members)
+        others = [loss(~m if flip else m) for m in randoms]
+        result = run(evaluate, circuit, model_scores, n_random=40, progress=False)
+        assert result.k == sum(better(own, r) for r in others), test
+        assert result.ties == sum(abs(own - r) <= 1e-9 for r in others) > 0, test
+        assert result.settings["ties"] == result.ties and result.statistic == result.k / 40
+    sweep = ht.sufficiency_sweep(evaluate, circuit, model_scores, fractions=(0.1, 0.2), n_random=10, progress=False)
+    assert "ties" in sweep.columns and sweep.columns.index("ties") == sweep.columns.index("k") + 1
 
 
 def test_progress_bars_and_bad_evaluators(capsys):
@@ -230,16 +319,17 @@ def tracr_setup(built, name: str, n_full: int, lengths=()):
     return evaluate, model_scores, Circuit.from_edges(graph, truth)
 
 
-def test_tracr_ground_truth_is_equivalent_and_independent(compiled_models):
+def test_tracr_ground_truth_equivalence_and_independence_do_not_apply(compiled_models):
     for name, lengths in (("reverse", (1, 2, 3, 4)), ("frac_prevs", ())):
         evaluate, model_scores, circuit = tracr_setup(compiled_models, name, 100, lengths)
         own = ht.evaluate_masks(evaluate, torch.stack([circuit.members, ~circuit.members]), progress=False)
         equivalence = ht.equivalence_test(own[0], model_scores)
         independence = ht.independence_test(model_scores, own[1])
         # the circuit's outputs match the model's to < 1e-6 on every example: all ties
-        assert equivalence.statistic == 0.5 and equivalence.p_value == pytest.approx(1.0) and equivalence.passes, name
-        # the full model's score (MSE against itself) is 0 on every example: HSIC is 0, p = 1
-        assert independence.statistic == 0.0 and independence.p_value == 1.0 and independence.passes, name
+        assert equivalence.statistic == 0.5 and equivalence.ties == len(model_scores), name
+        # the full model's score (MSE against itself) is 0 on every example: neither test can say anything
+        assert equivalence.status == independence.status == "not applicable", name
+        assert independence.statistic == 0.0 and independence.p_value == 1.0 and not independence.passes, name
 
 
 def test_tracr_reverse_minimality_needs_inputs_of_several_lengths(compiled_models):
@@ -256,7 +346,7 @@ def test_tracr_reverse_minimality_needs_inputs_of_several_lengths(compiled_model
     assert (unnecessary["delta"] == 0).all() and not full_length.result.passes
 
 
-def test_tracr_inflated_circuit_is_not_minimal_and_a_random_circuit_is_not_sufficient(compiled_models):
+def test_tracr_inflated_circuit_is_not_minimal_and_a_random_circuit_ties_for_sufficiency(compiled_models):
     evaluate, model_scores, circuit = tracr_setup(compiled_models, "frac_prevs", 50)
     graph = circuit.graph
     assert ht.minimality_test(evaluate, circuit, n_references=100, progress=False).result.passes
@@ -271,7 +361,10 @@ def test_tracr_inflated_circuit_is_not_minimal_and_a_random_circuit_is_not_suffi
     random_circuit = Circuit(graph, random_circuit_masks(graph, len(circuit), 1, 123)[0])
     assert random_circuit != circuit
     random_result = ht.sufficiency_test(evaluate, random_circuit, model_scores, progress=False)
-    assert not random_result.passes and random_result.statistic < 0.5
+    # zero ablation: the random circuit's output is as broken as that of almost every random circuit of
+    # its size; the reference code's "<=" counts those ties for it, so it beats (strictly) under half
+    # of them and "passes" on ties alone -- which the ties column shows
+    assert random_result.ties >= 90 and random_result.k - random_result.ties < 50
 
 
 # ---- results table and figures --------------------------------------------------------------------
@@ -289,7 +382,9 @@ def test_results_table_sweeps_and_figures_are_deterministic(compiled_models, tmp
     frame = ht.results_frame(results, model="tracr-proportion", behavior="tracr-proportion", circuit="ground_truth")
     assert frame["test"].to_list() == list(ht.TESTS)
     assert frame.columns[:3] == ["model", "behavior", "circuit"]
-    assert frame.filter(pl.col("test") != "partial_necessity")["passes"].all()
+    assert frame["status"].to_list() == ["not applicable", "not applicable", "passes", "passes", "fails"]
+    assert frame["passes"].to_list() == [False, False, True, True, False]
+    assert frame["ties"][0] == 30 and frame["k"][3] is not None and frame["ties"][1] is None
     assert json.loads(frame["settings"][2])["n_references"] == 50
     assert _parquet_bytes(frame, tmp_path / "a.parquet") == _parquet_bytes(
         ht.results_frame(results, model="tracr-proportion", behavior="tracr-proportion", circuit="ground_truth"), tmp_path / "b.parquet")
@@ -300,8 +395,9 @@ def test_results_table_sweeps_and_figures_are_deterministic(compiled_models, tmp
         ht.partial_necessity_sweep(evaluate, circuit, model_scores, fractions=(0.1, 0.5, 1.0), n_random=30, progress=False),
     ])
     assert sweep["size"].to_list() == [3, 16, 32] * 2
-    # at 100% the random "circuit" is the whole model, which the circuit cannot beat
-    assert sweep.filter((pl.col("test") == "sufficiency") & (pl.col("size") == 32))["k"].item() == 0
+    # at 100% the random "circuit" is the whole model; the exact circuit ties with it, which counts for it
+    full = sweep.filter((pl.col("test") == "sufficiency") & (pl.col("size") == 32))
+    assert full["k"].item() == full["ties"].item() == 30
     assert sweep.filter((pl.col("test") == "sufficiency") & (pl.col("size") == 3))["passes"].item()
 
     first = plot_random_circuit_curve(sweep, tmp_path / "curve", "tracr-proportion")
@@ -325,7 +421,9 @@ def test_tracr_ground_truth_at_the_paper_defaults(compiled_models, name):
     evaluate, model_scores, circuit = tracr_setup(compiled_models, name, 100, lengths)
     results, minimality = ht.run_hypothesis_tests(evaluate, circuit, model_scores, progress=False)
     outcome = {r.test: r.passes for r in results}
-    assert outcome["equivalence"] and outcome["independence"] and outcome["minimality"] and outcome["sufficiency"]
+    status = {r.test: r.status for r in results}
+    assert status["equivalence"] == status["independence"] == "not applicable"
+    assert outcome["minimality"] and outcome["sufficiency"]
     assert minimality.edges["necessary"].all()
     # zero ablation makes removing any one critical edge of the chain as bad as removing all of it,
     # so a random circuit that holds one ties with the ground truth and partial necessity fails
@@ -333,4 +431,6 @@ def test_tracr_ground_truth_at_the_paper_defaults(compiled_models, name):
     inflated = Circuit(circuit.graph, inflate(circuit.graph, circuit.members, 2, 0))
     assert not ht.minimality_test(evaluate, inflated, progress=False).result.passes
     random_circuit = Circuit(circuit.graph, random_circuit_masks(circuit.graph, len(circuit), 1, 123)[0])
-    assert not ht.sufficiency_test(evaluate, random_circuit, model_scores, progress=False).passes
+    random_result = ht.sufficiency_test(evaluate, random_circuit, model_scores, progress=False)
+    # without the ties that the reference code's "<=" counts for it, it would not reach the pass mark of 96
+    assert random_result.k - random_result.ties < 96
