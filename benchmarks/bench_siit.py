@@ -16,7 +16,7 @@ import json
 import tempfile
 
 from circuitflow.models import siit
-from circuitflow.models.siit_cases import CASES
+from circuitflow.behaviors.siit_cases import CASES
 
 
 def bench_case(name: str, settings: dict) -> dict:

@@ -11,7 +11,7 @@ from circuitflow.discovery import DiscoveryTask, positional_eap_ig_scores
 from circuitflow.discovery.eap_ig import eap_ig_inputs_scores
 from circuitflow.graph import Graph
 from circuitflow.models import siit
-from circuitflow.models.siit_cases import CASES
+from circuitflow.behaviors.siit_cases import CASES
 from circuitflow.patching import ablation_values, source_outputs
 from circuitflow.report.positional_figures import layer_importance, node_layer, plot_layer_importance, plot_positional_heatmap
 

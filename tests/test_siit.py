@@ -8,10 +8,12 @@ import re
 import pytest
 import torch
 
+from circuitflow.behaviors.high_level import INPUT
+from circuitflow.behaviors.rasp_cases import TRACR_CASES, _program, evaluate_rasp
+from circuitflow.behaviors.siit_cases import CASES, get_case, make_dataset, score
 from circuitflow.graph import Graph
 from circuitflow.models import LoadedModel
 from circuitflow.models import siit
-from circuitflow.models.siit_cases import CASES, INPUT, TRACR_CASES, _program, evaluate_rasp, get_case, make_dataset, score
 
 TRACR = tuple(TRACR_CASES)
 

@@ -5,7 +5,7 @@ Registry names (``get_behavior(name)``; ``BEHAVIORS`` holds the built-in ones):
   "tracr-reverse", "tracr-proportion"               tracr programs (datasets already token ids)
   "bigbench:<path to a JSON file>"                  a BIG-bench-style task imported by ``bigbench.py``
   "pairs:<path to a CSV or Parquet file>"           the user's counterfactual pairs (``counterfactual.py``)
-  "siit-<case>"                                     the task of a SIIT case (``models/siit_cases.py``;
+  "siit-<case>"                                     the task of a SIIT case (``siit_cases.py``;
                                                     token ids like tracr, the score the MSE against the model)
 
 Each ``Behavior`` gives
@@ -87,6 +87,7 @@ import polars as pl
 import torch
 
 from circuitflow.behaviors import bigbench, counterfactual, docstring, greater_than, induction, ioi
+from circuitflow.behaviors import siit_cases
 from circuitflow.behaviors import tracr as tracr_behaviors
 from circuitflow.metrics import positions_kl
 
@@ -186,8 +187,6 @@ def siit_behavior(case: str) -> Behavior:
     trains the output distribution with cross-entropy, and its strict loss leaves non-circuit
     nodes free to move logits that do not change it: a distance between raw logits would count
     those), the squared error of the output for a numerical one."""
-    from circuitflow.models import siit_cases
-
     high_level = siit_cases.get_case(case)  # an unknown case is a ValueError naming the known ones
     positions = list(high_level.output_positions)
 

@@ -24,7 +24,7 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from circuitflow.models.tracr import TracrInfo, enumerate_inputs, make_program, tracr_info
+from circuitflow.behaviors.tracr_programs import TracrInfo, enumerate_inputs, make_program, tracr_info
 
 TracrBehavior = Literal["reverse", "proportion"]
 TRACR_BEHAVIORS: tuple[str, ...] = get_args(TracrBehavior)

@@ -37,6 +37,7 @@ from pathlib import Path
 from circuitflow.circuit import Circuit
 from circuitflow.graph import Graph
 from circuitflow.io import write_json_atomic
+from circuitflow.models.hub import official_name
 
 DATA_DIR = Path(__file__).with_name("canonical")
 
@@ -293,8 +294,6 @@ def canonical_edges(name: str) -> list[str]:
 
 def check_circuit_for_model(name: str, model: str) -> None:
     """Refuse a canonical circuit paired with a model it was not found in."""
-    from circuitflow.models.pretrained import official_name
-
     spec = _check_name(name)
     if official_name(model) != official_name(spec.model):
         raise ValueError(f"The {name} circuit belongs to {spec.model}, not {model}; pair it with {spec.model}.")

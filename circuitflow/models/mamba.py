@@ -34,24 +34,24 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
+from circuitflow.behaviors import tokenizer as word_tokenizer
 from circuitflow.graph import Graph
 from circuitflow.io import write_atomic, write_json_atomic
-from circuitflow.models import LoadedModel, ModelKind, organisms
+from circuitflow.models import organisms
+from circuitflow.models.kind import LoadedModel, ModelKind
+from circuitflow.settings import MAMBA_BEHAVIORS, MambaModel, field_defaults
 
 with warnings.catch_warnings():  # mamba-lens decorates CUDA kernels with a deprecated torch.cuda.amp API
     warnings.simplefilter("ignore", FutureWarning)
     from mamba_lens import HookedMamba, MambaCfg, MambaInitCfg
 
-BEHAVIORS = ("ioi", "greater-than", "docstring")  # induction's evaluation reads attention patterns
+BEHAVIORS = MAMBA_BEHAVIORS
 CONFIG_FORMAT = "circuitflow-mamba-1"
 # Measured on IOI (one thread, MALLOC_* set as in the Makefile, 500 held-out prompts): 4 layers with
 # lr 5e-3 and 50 warm-up steps reach 97% by step 225 and 100% by 250 (300 steps: ~170 s CPU); at lr
 # 1e-2 4 layers do not learn in 200 steps, at 2e-3 they reach 35% in 300.  2 layers with lr 1e-2 and
 # 20 warm-up steps reach 99% by step 125 and 100% by 150 (200 steps: ~60 s CPU).
-DEFAULTS: dict[str, Any] = {
-    "seed": 0, "n_layers": 4, "d_model": 64, "d_state": 16, "expand": 2, "d_conv": 4, "steps": 300, "batch_size": 64,
-    "lr": 5e-3, "weight_decay": 0.0, "warmup_steps": 50, "grad_clip": 1.0, "n_train": 20000, "n_eval": 500, "eval_every": 50,
-}
+DEFAULTS: dict[str, Any] = field_defaults(MambaModel)  # the defaults live in circuitflow.settings
 SETTINGS = tuple(DEFAULTS)
 _POSITIVE = ("n_layers", "d_model", "d_state", "expand", "d_conv", "steps", "batch_size", "n_train", "n_eval", "eval_every")
 
@@ -143,8 +143,6 @@ def _write(directory: Path, model: HookedMamba, behavior: str, settings: dict, m
 def load_mamba(directory: str | Path) -> tuple[HookedMamba, Any, dict]:
     """The model (eval mode), the tokenizer and the config.json written by ``train_mamba``; a
     missing or foreign file is one sentence naming it."""
-    from circuitflow.behaviors import tokenizer as word_tokenizer
-
     directory = Path(directory)
     path = directory / "config.json"
     try:

@@ -43,14 +43,14 @@ from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from circuitflow.behaviors import docstring, get_behavior, induction
+from circuitflow.behaviors import tokenizer as word_tokenizer
 from circuitflow.graph import Graph
 from circuitflow.io import write_atomic, write_json_atomic
-from circuitflow.models import LoadedModel, ModelKind
+from circuitflow.models.kind import LoadedModel, ModelKind
+from circuitflow.settings import ORGANISM_BEHAVIORS, OrganismModel, field_defaults
 
-# circuitflow.behaviors is imported inside the functions: it imports circuitflow.models (tracr), so a
-# module-level import here would make registering this kind in circuitflow.models circular.
-
-BEHAVIORS = ("ioi", "greater-than", "docstring", "induction")
+BEHAVIORS = ORGANISM_BEHAVIORS
 CONFIG_FORMAT = "circuitflow-organism-1"
 
 # Defaults per behavior (measured on one core; see tests/test_organisms.py's slow tier): ioi,
@@ -60,18 +60,9 @@ CONFIG_FORMAT = "circuitflow-organism-1"
 # parameter, which a positional head can copy (100% by step 250).  In varied layouts
 # (vary_layout: true), where only the docstring mechanism works, it stays near 30% whatever the
 # steps, layers, learning rate or data (best 35%): it learns "one of the def's last parameters".
-_COMMON = dict(
-    seed=0, n_layers=2, d_model=64, n_heads=4, d_mlp=None, attn_only=False, steps=1000, batch_size=64,
-    lr=1e-3, weight_decay=0.0, warmup_steps=100, grad_clip=1.0, n_train=20000, n_eval=500, eval_every=250,
-    vary_layout=False,
-)
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "ioi": {**_COMMON, "steps": 1500},
-    "greater-than": {**_COMMON},
-    "docstring": {**_COMMON, "steps": 500},
-    "induction": {**_COMMON, "attn_only": True, "vary_layout": True, "steps": 3000},
-}
-VARIED_LAYOUTS = ("docstring", "induction")
+_COMMON = field_defaults(OrganismModel)  # the defaults live in circuitflow.settings
+DEFAULTS: dict[str, dict[str, Any]] = {behavior: {**_COMMON, **OrganismModel.BEHAVIOR_DEFAULTS[behavior]} for behavior in BEHAVIORS}
+VARIED_LAYOUTS = OrganismModel.VARIED_LAYOUTS
 INDUCTION_HALF_LENGTHS = tuple(range(4, 16))  # training half lengths; the behavior's datasets use 10
 DOCSTRING_EXTRA_ARGS = (0, 1, 2, 3)  # parameters before and after the three matching ones (the behavior: 2, 1)
 SETTINGS = tuple(_COMMON)
@@ -138,8 +129,6 @@ def deterministic_torch(seed: int) -> Iterator[None]:
 def _training_data(behavior, tokenizer, settings: dict, heldout: pl.DataFrame) -> dict[str, torch.Tensor]:
     """``n_train`` training examples minus those whose prompt is a held-out clean prompt, encoded:
     ``tokens`` (n_train', pos) and ``loss_mask`` (n_train', pos)."""
-    from circuitflow.behaviors import tokenizer as word_tokenizer
-
     frame = training_frame(behavior, settings)
     held = set(heldout["clean"].to_list())
     frame = frame.filter(~pl.col("prompt").is_in(sorted(held)))
@@ -163,8 +152,6 @@ def training_frame(behavior, settings: dict) -> pl.DataFrame:
     if not settings["vary_layout"]:
         return behavior.training_examples(n, seed)
     if behavior.name == "induction":
-        from circuitflow.behaviors import induction
-
         lengths = INDUCTION_HALF_LENGTHS
         counts = [n // len(lengths) + (i < n % len(lengths)) for i in range(len(lengths))]
         frames = [induction.training_examples(count, seed * 1000 + length, half_length=length) for length, count in zip(lengths, counts) if count]
@@ -176,8 +163,6 @@ def training_frame(behavior, settings: dict) -> pl.DataFrame:
 def _vary_docstring_defs(frame: pl.DataFrame, rng: np.random.Generator) -> pl.DataFrame:
     """Docstring prompts with the def's parameters around the matching three redrawn: a random
     number (``DOCSTRING_EXTRA_ARGS``) before and after, names unused in the prompt."""
-    from circuitflow.behaviors import docstring
-
     prompts = []
     for prompt, target in zip(frame["prompt"].to_list(), frame["target"].to_list()):
         words = prompt.split(" ")
@@ -303,9 +288,6 @@ def train_organism(behavior_name: str, settings: dict, directory: str | Path, pr
 def prepare_training(behavior_name: str, settings: dict, directory: str | Path) -> tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The word-level tokenizer (written to ``directory/tokenizer`` and read back), the encoded
     held-out sample and the encoded training data of an organism with resolved ``settings``."""
-    from circuitflow.behaviors import get_behavior
-    from circuitflow.behaviors import tokenizer as word_tokenizer
-
     behavior = get_behavior(behavior_name)
     directory = Path(directory)
     word_tokenizer.save_tokenizer(word_tokenizer.build_word_tokenizer(behavior.vocabulary()), directory / "tokenizer")
@@ -391,8 +373,6 @@ def _write(directory: Path, model: HookedTransformer, behavior: str, settings: d
 def load_organism(directory: str | Path, device: str | torch.device = "cpu") -> tuple[HookedTransformer, Any, dict]:
     """The model (eval mode, its tokenizer set), the tokenizer and the config.json written by
     ``train_organism``; a missing or foreign file is one sentence naming it."""
-    from circuitflow.behaviors import tokenizer as word_tokenizer
-
     directory = Path(directory)
     path = directory / "config.json"
     try:

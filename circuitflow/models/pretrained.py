@@ -30,10 +30,7 @@ circuit in ``config.json``; the weights stay in the Hugging Face cache.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from transformer_lens import HookedTransformer
@@ -41,78 +38,22 @@ from transformer_lens import loading_from_pretrained as loading
 
 from circuitflow.graph import Graph
 from circuitflow.io import write_json_atomic
-from circuitflow.models import LoadedModel, ModelKind
+from circuitflow.models import canonical
+from circuitflow.models.hub import (
+    NotInCache,
+    cached_revision,
+    cached_snapshot,
+    hf_cache_dir,
+    missing_from_cache,
+    official_name,
+    offline,
+)
+from circuitflow.models.kind import LoadedModel, ModelKind
 
 # Organisations whose repositories hold TransformerLens-format checkpoints (TransformerLens's own list).
 TRANSFORMER_LENS_FORMAT = ("NeelNanda", "ArthurConmy", "Baidicoot")
 # Architectures whose checkpoints TransformerLens converts after loading (see _convert).
 _CONVERTED = ("neel-solu-old", "mingpt")
-
-
-class NotInCache(FileNotFoundError):
-    """A repository the model needs is not in the local Hugging Face cache."""
-
-
-def hf_cache_dir() -> Path:
-    """The Hugging Face hub cache this process would use, read from the environment now (not at import)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or "~/.cache/huggingface"
-    return Path(home).expanduser() / "hub"
-
-
-def official_name(name: str) -> str:
-    """TransformerLens's Hugging Face repository for a model name or alias ("gpt2" -> "gpt2",
-    "attn-only-4l" -> "NeelNanda/Attn_Only_4L512W_C4_Code")."""
-    try:
-        return loading.get_official_model_name(name)
-    except ValueError:
-        raise ValueError(
-            f"Unknown pretrained model {name!r}: TransformerLens 3.9 has no such name or alias; "
-            "use one of its official names, e.g. gpt2, attn-only-4l or redwood_attn_2l."
-        ) from None
-
-
-@contextlib.contextmanager
-def offline() -> Iterator[None]:
-    """Switch the Hugging Face hub offline for the block, and back as it was afterwards.
-
-    ``huggingface_hub`` reads ``HF_HUB_OFFLINE`` once, at import, so setting the environment variable
-    alone would not reach an already imported hub; its constant is set too (and restored).
-    """
-    from huggingface_hub import constants
-
-    saved_env, saved_constant = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = saved_constant
-        if saved_env is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = saved_env
-
-
-def _missing(name: str, repo: str, cache: Path, what: str = "") -> NotInCache:
-    return NotInCache(
-        f"{name}{what} is not in the Hugging Face cache at {cache} (repository {repo}); on a machine with "
-        f"network run `hf download {repo}` (or python -c \"from huggingface_hub import snapshot_download; "
-        f"snapshot_download('{repo}')\") and copy its cache here, or set HF_HOME to a cache that has it."
-    )
-
-
-def cached_snapshot(repo: str, cache: Path) -> Path | None:
-    """The cached snapshot folder of ``repo``'s main revision, or None when the cache lacks it."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    with offline():
-        try:
-            return Path(snapshot_download(repo, cache_dir=str(cache), local_files_only=True))
-        except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-            return None
 
 
 def _tokenizer(name: str, repo: str | None, cache: Path):
@@ -121,7 +62,7 @@ def _tokenizer(name: str, repo: str | None, cache: Path):
         return None
     snapshot = cached_snapshot(repo, cache)
     if snapshot is None:
-        raise _missing(name, repo, cache, what="'s tokenizer")
+        raise missing_from_cache(name, repo, cache, what="'s tokenizer")
     from transformers import AutoTokenizer
 
     # From the snapshot folder, not the repository id: for an id, transformers 5 insists on a model
@@ -152,7 +93,7 @@ def load_pretrained(
     cache = Path(cache_dir).expanduser() if cache_dir is not None else hf_cache_dir()
     snapshot = cached_snapshot(repo, cache)
     if snapshot is None:
-        raise _missing(name, repo, cache)
+        raise missing_from_cache(name, repo, cache)
     hub = {"cache_dir": str(cache), "local_files_only": True}
     try:
         with offline():
@@ -202,16 +143,6 @@ def _from_checkpoint(cfg, snapshot: Path, tokenizer, processing: dict, dtype: to
     return model
 
 
-def cached_revision(name: str, cache_dir: str | Path | None = None) -> str:
-    """The commit hash of the cached snapshot of ``name``'s repository (provenance for the models stage)."""
-    repo = official_name(name)
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else hf_cache_dir()
-    snapshot = cached_snapshot(repo, cache)
-    if snapshot is None:
-        raise _missing(name, repo, cache)
-    return snapshot.name
-
-
 # ---- the `pretrained` model kind ------------------------------------------------------------------
 SPEC_KEYS = ("kind", "name", "circuit", "fold_ln")
 
@@ -219,8 +150,6 @@ SPEC_KEYS = ("kind", "name", "circuit", "fold_ln")
 def validate(name: str, spec: dict) -> None:
     """params.yaml spec: ``{kind: pretrained, name: gpt2, circuit: ioi, fold_ln: false}``; ``circuit``
     (a canonical circuit of ``canonical.CANONICAL`` for this model) and ``fold_ln`` are optional."""
-    from circuitflow.models import canonical
-
     unknown = sorted(set(spec) - set(SPEC_KEYS))
     if unknown:
         raise ValueError(f"Pretrained model {name!r} has unknown settings {unknown}; allowed: {', '.join(SPEC_KEYS)}.")
@@ -238,8 +167,6 @@ def build(name: str, spec: dict, directory: Path) -> dict[str, float]:
     """Check the model loads from the cache and record what was loaded (the weights stay in the cache):
     ``config.json`` (kind, name, repository, cached revision, fold_ln, circuit, model shape) and, with a
     circuit, ``ground_truth.json``.  Returns the parameter count and the circuit's edge count."""
-    from circuitflow.models import canonical
-
     validate(name, spec)
     model = load_pretrained(spec["name"], fold_ln=spec.get("fold_ln", False))
     circuit = spec.get("circuit")

@@ -1,7 +1,7 @@
 """Strict Interchange Intervention Training (SIIT; Gupta et al. 2024, "InterpBench"; REFERENCE.md 8).
 
 A fresh TransformerLens model L is trained to implement a high-level causal model H
-(``siit_cases.Case``) through a correspondence: each high-level node maps to one or two low-level
+(``behaviors.high_level.Case``) through a correspondence: each high-level node maps to one or two low-level
 nodes (an attention head ``a{layer}.{head}``, the MLP ``m{layer}``), placed at the node's layer
 (tracr's allocation for tracr cases; ``correspondence``).  Each step draws base and source inputs
 independently (a seeded generator over the case's inputs) and sums three losses:
@@ -61,22 +61,20 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from circuitflow.behaviors.high_level import INPUT, Case
+from circuitflow.behaviors.siit_cases import get_case
 from circuitflow.graph import Graph
 from circuitflow.io import write_atomic, write_json_atomic
-from circuitflow.models import LoadedModel, ModelKind
+from circuitflow.models.kind import LoadedModel, ModelKind
 from circuitflow.models.organisms import deterministic_torch
-from circuitflow.models.siit_cases import INPUT, Case, get_case
+from circuitflow.settings import SiitModel, field_defaults
 
 CONFIG_FORMAT = "circuitflow-siit-1"
 # Distinct numerical outputs of one position differ by >= 0.2 in every numerical case (fractions k/i,
 # i <= 5), so within half of that an output rounds to the right value.
 NUMERICAL_TOLERANCE = 0.1
 ABLATIONS = ("zero", "resample", "mean")
-DEFAULTS: dict[str, Any] = dict(
-    seed=0, n_layers=None, d_model=64, n_heads=4, d_mlp=None, lr=1e-3, batch_size=128, grad_clip=0.1,
-    max_steps=4000, eval_every=50, n_eval_pairs=512, target=0.99,
-    behavior_weight=1.0, iit_weight=1.0, strict_weight=0.4,
-)
+DEFAULTS: dict[str, Any] = field_defaults(SiitModel)  # the defaults live in circuitflow.settings
 SETTINGS = tuple(DEFAULTS)
 
 

@@ -1,24 +1,17 @@
-"""Tracr-compiled models with known circuits (REFERENCE.md 4): compile, convert, verify, save.
+"""Tracr-compiled models with known circuits (REFERENCE.md 4): convert, verify, save.
 
-Two RASP programs from tracr's own library are compiled with ``tracr-pypi``:
+The two RASP programs and their compiling are ``behaviors/tracr_programs.py``'s (the behaviors'
+datasets need tracr's encoding).  Compiled, they give:
 
-``reverse``     ``lib.make_reverse(tokens)``, vocabulary {1, 2, 3}, max_seq_len 5, BOS "BOS".
-                4 layers, 1 head each, d_model 41, d_head 12, d_mlp 30, categorical output.
-``frac_prevs``  ``lib.make_frac_prevs(tokens == "x")``, vocabulary {w, x, y, z}, max_seq_len 5.
-                2 layers, d_model 14, d_head 7, d_mlp 1, one numerical output.
+``reverse``     4 layers, 1 head each, d_model 41, d_head 12, d_mlp 30, categorical output.
+``frac_prevs``  2 layers, d_model 14, d_head 7, d_mlp 1, one numerical output.
 
 Each is converted to a float64 TransformerLens ``HookedTransformer`` (no LayerNorm, ReLU, standard
 positional embeddings, separate ``W_E`` and ``W_pos``, bidirectional attention) whose unembedding is
 built from the residual-space labels and tracr's output encoder, and checked against tracr itself on
 every input of length 1..5 (363 and 1,364 inputs; the largest difference is about 2e-16).
 
-Token ids are tracr's own input encoding, which sorts the tokens' values: for ``frac_prevs`` BOS=0,
-PAD=1, w..z=2..5, but for ``reverse`` the integers sort first, so 1..3=0..2, BOS=3, PAD=4.
-``TracrInfo`` carries the encoding; never assume BOS is 0.
-
-Tracr names every residual direction after the RASP expression that writes it plus a process-wide
-counter (``reverse_1:3``, ``map_9``); the labels kept in ``TracrInfo`` drop the counter
-(``reverse:3``, ``is_x``), so what is saved does not depend on what the process compiled before.
+Token ids and residual labels are tracr's, as ``TracrInfo`` records them (``tracr_programs``).
 
 Ground-truth circuits
 ---------------------
@@ -93,14 +86,12 @@ Files written by ``save_tracr_model``: ``model.safetensors`` (the state dict), `
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
-import itertools
 import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,162 +99,24 @@ from safetensors.torch import load_file, save
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from circuitflow.behaviors.tracr_programs import (
+    TRACR_NAMES,  # noqa: F401 - the program names, read from here by this module's users
+    CompiledProgram,
+    TracrInfo,
+    TracrName,
+    check_program,
+    compile_program,
+    compiled_info,
+    enumerate_inputs,
+)
 from circuitflow.graph import Graph
 from circuitflow.io import write_atomic, write_json_atomic
 from circuitflow.patching import run_circuits, source_outputs
 
-TracrName = Literal["reverse", "frac_prevs"]
-TRACR_NAMES: tuple[str, ...] = get_args(TracrName)
-COMPILER_BOS = "BOS"
-MAX_SEQ_LEN = 5
 CONFIG_FORMAT = "circuitflow.tracr/1"
 # Outputs and carried values that move by no more than this are "unchanged" (see the module docstring
 # for the gap it sits in: 6e-9 and 5.4e-7 below it, 0.5 above).
 GROUND_TRUTH_TOL = 1e-4
-_VOCAB: dict[str, tuple] = {"reverse": (1, 2, 3), "frac_prevs": ("w", "x", "y", "z")}
-
-
-def _check_name(name: str) -> None:
-    if name not in TRACR_NAMES:
-        raise ValueError(f"Unknown tracr program {name!r}; choose one of {', '.join(TRACR_NAMES)}.")
-
-
-# ---- compiling --------------------------------------------------------------------------------
-
-
-def make_program(name: TracrName) -> Any:
-    """The RASP program (a ``tracr.rasp.rasp.SOp``) of ``name``, from tracr's own library."""
-    _check_name(name)
-    from tracr.compiler import lib
-    from tracr.rasp import rasp
-
-    if name == "reverse":
-        return lib.make_reverse(rasp.tokens)
-    return lib.make_frac_prevs((rasp.tokens == "x").named("is_x"))
-
-
-@dataclasses.dataclass(frozen=True)
-class CompiledProgram:
-    """A compiled tracr program: its name, RASP program and tracr ``AssembledTransformerModel``."""
-
-    name: str
-    program: Any
-    assembled: Any
-
-
-def compile_program(name: TracrName) -> CompiledProgram:
-    """Compile ``name`` with tracr (2-4 s).
-
-    Switches jax to float64 for the whole process (``jax_enable_x64``): tracr's weights are then
-    float64, so the conversion can be checked to ~1e-16.
-    """
-    _check_name(name)
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-    from tracr.compiler import compiling
-
-    program = make_program(name)
-    assembled = compiling.compile_rasp_to_model(
-        program, vocab=set(_VOCAB[name]), max_seq_len=MAX_SEQ_LEN, compiler_bos=COMPILER_BOS
-    )
-    return CompiledProgram(name=name, program=program, assembled=assembled)
-
-
-# ---- the encoding -----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class TracrInfo:
-    """What a converted model needs beside its weights: tracr's token encodings and residual labels.
-
-    input_tokens:  the input vocabulary in id order (token id = index), BOS and PAD included.
-    output_tokens: the output vocabulary in output-id order; empty for a numerical output.
-    residual_labels: the residual directions, ``name:value`` or ``name``, without tracr's counters.
-    """
-
-    name: str
-    input_tokens: tuple
-    bos_id: int
-    pad_id: int
-    output_tokens: tuple
-    categorical_output: bool
-    max_seq_len: int
-    residual_labels: tuple[str, ...]
-
-    @property
-    def vocab_ids(self) -> tuple[int, ...]:
-        """Ids of the program's vocabulary (BOS and PAD excluded), in id order."""
-        return tuple(i for i in range(len(self.input_tokens)) if i not in (self.bos_id, self.pad_id))
-
-    def encode(self, tokens: Sequence) -> list[int]:
-        """Token ids of a sequence of vocabulary values, with BOS prepended."""
-        ids = {token: i for i, token in enumerate(self.input_tokens)}
-        unknown = [t for t in tokens if t not in ids or ids[t] in (self.bos_id, self.pad_id)]
-        if unknown or not 0 < len(tokens) <= self.max_seq_len:
-            vocab = [self.input_tokens[i] for i in self.vocab_ids]
-            raise ValueError(
-                f"The {self.name} model takes 1 to {self.max_seq_len} tokens from {vocab}, got {list(tokens)}."
-            )
-        return [self.bos_id] + [ids[t] for t in tokens]
-
-    def to_json(self) -> dict:
-        data = dataclasses.asdict(self)
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "TracrInfo":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        if set(data) != fields:
-            raise ValueError(f"Tracr info needs the fields {sorted(fields)}, got {sorted(data)}.")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-
-def _counter_free_labels(compiled: CompiledProgram) -> tuple[str, ...]:
-    """Residual labels with each RASP expression's unique-id suffix replaced by its plain name."""
-    names: dict[str, str] = {}
-    stack = [compiled.program]
-    while stack:
-        expr = stack.pop()
-        names[expr.label] = expr.name
-        stack.extend(expr.children)
-    labels = []
-    for label in compiled.assembled.residual_labels:
-        direction, sep, value = label.partition(":")
-        prefixes = [p for p in names if direction == p or direction.startswith(p + "_")]
-        if prefixes:
-            prefix = max(prefixes, key=len)
-            direction = names[prefix] + direction[len(prefix) :]
-        labels.append(direction + sep + value)
-    if len(set(labels)) != len(labels):  # pragma: no cover - tracr names are distinct
-        raise ValueError(f"Residual labels of {compiled.name} collide once their counters are removed: {labels}.")
-    return tuple(labels)
-
-
-def _info(compiled: CompiledProgram) -> TracrInfo:
-    assembled = compiled.assembled
-    encoder = assembled.input_encoder
-    input_map = encoder.encoding_map
-    input_tokens = tuple(sorted(input_map, key=input_map.__getitem__))
-    output_map = getattr(assembled.output_encoder, "encoding_map", None)
-    categorical = output_map is not None
-    output_tokens = tuple(sorted(output_map, key=output_map.__getitem__)) if categorical else ()
-    return TracrInfo(
-        name=compiled.name,
-        input_tokens=input_tokens,
-        bos_id=encoder.bos_encoding,
-        pad_id=encoder.pad_encoding,
-        output_tokens=output_tokens,
-        categorical_output=categorical,
-        max_seq_len=assembled.params["pos_embed"]["embeddings"].shape[0] - 1,
-        residual_labels=_counter_free_labels(compiled),
-    )
-
-
-def enumerate_inputs(info: TracrInfo, length: int) -> Tensor:
-    """Every input of ``length`` vocabulary tokens, BOS first, in lexicographic id order: (n, length + 1)."""
-    rows = [(info.bos_id, *ids) for ids in itertools.product(info.vocab_ids, repeat=length)]
-    return torch.tensor(rows, dtype=torch.long)
 
 
 # ---- conversion to TransformerLens -------------------------------------------------------------
@@ -354,7 +207,7 @@ def to_hooked_transformer(compiled: CompiledProgram) -> tuple[HookedTransformer,
     for key, value in weights.items():
         state[key] = torch.tensor(np.ascontiguousarray(value), dtype=torch.float64)
     model.load_state_dict(state, strict=True)
-    return model, _info(compiled)
+    return model, compiled_info(compiled)
 
 
 # ---- verification against tracr ----------------------------------------------------------------
@@ -381,7 +234,7 @@ def tracr_outputs(compiled: CompiledProgram) -> list[tuple[Tensor, np.ndarray]]:
         return model.unembed(residual, use_unembed_argmax=False)
 
     apply = jax.jit(forward.apply)
-    info = _info(compiled)
+    info = compiled_info(compiled)
     results = []
     for length in range(1, info.max_seq_len + 1):
         tokens = enumerate_inputs(info, length)
@@ -406,7 +259,7 @@ def verify_conversion(
     """
     reference = tracr_outputs(compiled) if reference is None else reference
     worst, worst_tokens = 0.0, None
-    categorical = _info(compiled).categorical_output
+    categorical = compiled_info(compiled).categorical_output
     for tokens, expected in reference:
         with torch.no_grad():
             got = model(tokens.to(model.cfg.device)).double().cpu().numpy()
@@ -425,11 +278,6 @@ def verify_conversion(
             f"on input ids {worst_tokens}, so the conversion is wrong."
         )
     return worst
-
-
-def tracr_info(name: TracrName) -> TracrInfo:
-    """The ``TracrInfo`` of ``name`` (compiles it: a few seconds; ``load_tracr_info`` reads a saved one)."""
-    return _info(compile_program(name))
 
 
 def build_tracr_model(name: TracrName, *, tol: float = 1e-9) -> tuple[HookedTransformer, TracrInfo]:
@@ -586,7 +434,7 @@ def ground_truth_circuits(
     """The ground-truth circuit of ``model`` per ablation, {"zero": [...], "resample": [...]}, each a
     sorted list of edge names, derived as the module docstring describes (0.5-2 s).  ``tol``: an
     output change (zero) or a carried-value spread (resample) no larger than this counts as none."""
-    _check_name(name)
+    check_program(name)
     if info.name != name:
         raise ValueError(f"The tracr info describes {info.name!r}, not {name!r}; pass the info of the same model.")
     candidates = structural_edges(model)
@@ -615,7 +463,7 @@ def save_tracr_model(directory: str | Path, name: TracrName) -> Path:
     ``config.json`` and ``ground_truth.json`` into ``directory`` (see ``write_tracr_model``).
     The same program always gives the same bytes.  Returns ``directory``.
     """
-    _check_name(name)
+    check_program(name)
     compiled = compile_program(name)
     model, info = to_hooked_transformer(compiled)
     verify_conversion(compiled, model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from circuitflow.graph import Graph
-from circuitflow.models import LoadedModel, ModelKind
+from circuitflow.models.kind import LoadedModel, ModelKind
 from circuitflow.models import tracr
 
 PROGRAMS = ("reverse", "frac_prevs")
