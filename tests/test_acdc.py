@@ -1,6 +1,7 @@
 """ACDC: the batched, speculative implementation against the one-edge-at-a-time algorithm, threshold
 sweeps, dead ends, scores, determinism across processes, errors, and the tracr ground truth."""
 
+import dataclasses
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from circuitflow.metrics import kl_divergence
 from circuitflow.patching import ablation_values, run_circuits, source_outputs
 
 TAUS = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
+ORDER_SEED = 0  # a model on which the visit order matters (test_the_visit_order_changes_circuits)
 
 
 # ---- the naive reference: one edge at a time, by edge names ------------------------------------
@@ -55,9 +57,43 @@ def _reaches_logits(graph: Graph, kept: set[str], dest: str) -> bool:
     return any(src == node and _reaches_logits(graph, kept, dst) for src, dst in (_ends(e) for e in kept) if dst in graph.destination_index)
 
 
-def naive_acdc(model, graph: Graph, batches, tau: float) -> tuple[torch.Tensor, float]:
-    """ACDC written from the paper's description: destinations from the output backwards, edges into
-    each from the latest source back, one forward pass per edge; dead ends dropped unevaluated."""
+def paper_receivers(graph: Graph) -> list[tuple[str, list[str]]]:
+    """Conmy et al.'s visit order, written from their code (TLACDCExperiment with main.py's defaults,
+    TransformerLens 1.6.1's hook order reversed): logits; per layer from the last, the MLP input,
+    the direct edges of every head's v, then k, then q; every head's value input, then key, then
+    query input; heads from the last.  Into one destination: the latest source first, the input
+    sources last in graph order (embed before pos_embed), positions from the last.
+    Returns (receiver, edge names in order); a direct edge is its own receiver."""
+    inputs = [s for s in graph.sources if s in ("input", "embed", "pos_embed")]
+    others = [s for s in reversed(graph.sources) if s not in inputs]
+    positions = list(reversed(range(graph.n_positions))) if graph.n_positions else [None]
+
+    def into(dest: str) -> list[str]:
+        names = [f"{s} -> {dest}" + ("" if p is None else f" @ {p}") for s in others + inputs for p in positions]
+        return [name for name in names if name in graph.edge_index]
+
+    receivers = [("logits", into("logits"))]
+    for layer in reversed(range(graph.n_layers)):
+        heads = [f"a{layer}.{h}" for h in reversed(range(graph.n_heads))]
+        if not graph.attn_only:
+            receivers.append((f"m{layer}", into(f"m{layer}")))
+        if graph.qkv_direct_edges:
+            receivers += [(f"{head}.{x} -> {head}", [f"{head}.{x} -> {head}"]) for x in "vkq" for head in heads]
+        receivers += [(f"{head}.{x}", into(f"{head}.{x}")) for x in "vkq" for head in heads]
+    return receivers
+
+
+def head_by_head_order(graph: Graph) -> list:
+    """The order acdc.py used before (no direct edges): destinations in decreasing index -- a layer's
+    heads one by one, each v, k, q -- and the edges into each in decreasing edge index."""
+    assert not graph.qkv_direct_edges
+    steps = sorted(visit_order(graph), key=lambda step: -step.dest)
+    return [dataclasses.replace(step, edges=step.edges.sort(descending=True).values) for step in steps]
+
+
+def naive_acdc(model, graph: Graph, batches, tau: float, receivers=None) -> tuple[torch.Tensor, float]:
+    """ACDC written from the paper's description, one forward pass per edge, in the order of
+    ``receivers`` (default ``paper_receivers``); dead ends dropped unevaluated."""
     names = graph.edge_names
 
     def metric(members: torch.Tensor) -> float:
@@ -70,19 +106,14 @@ def naive_acdc(model, graph: Graph, batches, tau: float) -> tuple[torch.Tensor, 
 
     members = torch.ones(graph.n_edges, dtype=torch.bool)
     current = metric(members)
-    receivers = []
-    for dest in reversed(graph.destinations):
-        if graph.qkv_direct_edges and dest.endswith(".v"):
-            head = dest[:-2]
-            receivers.append((head, [names.index(f"{head}.{k} -> {head}") for k in "vkq"]))
-        incoming = [i for i, name in enumerate(names) if _ends(name)[1] == dest]
-        receivers.append((dest, sorted(incoming, reverse=True)))
-    for receiver, edges in receivers:
+    for receiver, edges in receivers or paper_receivers(graph):
+        edges = [graph.edge_index[e] for e in edges]
         kept = {names[i] for i in members.nonzero().flatten().tolist()}
         if receiver in graph.destination_index:
             live = _reaches_logits(graph, kept, receiver)
-        else:  # a head: live when one of its outgoing edges goes to a live destination
-            live = any(src == receiver and _reaches_logits(graph, kept, dst) for src, dst in map(_ends, kept) if dst in graph.destination_index)
+        else:  # a direct edge into a head: live when one of the head's outgoing edges goes to a live destination
+            head = _ends(receiver)[1]
+            live = any(src == head and _reaches_logits(graph, kept, dst) for src, dst in map(_ends, kept) if dst in graph.destination_index)
         if not live:
             members[edges] = False
             continue
@@ -104,7 +135,7 @@ def _setup(make_model, tokens, *, seed=0, ablation="resample", positions=-1, gra
     model = make_model(seed=seed, **options)
     graph = Graph.from_config(model.cfg, **(graph_options or {}))
     clean, corrupted = tokens
-    corrupted_out = source_outputs(model, Graph.from_config(model.cfg), corrupted)
+    corrupted_out = source_outputs(model, graph, corrupted)  # the graph's sources (embed, pos_embed apart when split)
     ablated = ablation_values(ablation, corrupted=corrupted_out, reference=corrupted_out, like=corrupted_out)
     # two batches of different sizes, so the metric's sum over batches is exercised
     batches = kl_batches(model, graph, clean, ablated, positions=positions, batch_size=4)
@@ -183,19 +214,41 @@ def test_no_dead_ends_and_dead_ends_cost_nothing(make_model, tokens):
     assert huge.n_evaluations == 1 + n_into_logits
 
 
-def test_visit_order():
-    graph = Graph(n_layers=2, n_heads=2, attn_only=False, qkv_direct_edges=True)
-    steps = visit_order(graph)
-    names = [step.receiver for step in steps]
-    assert names[:8] == ["logits", "m1", "a1.1", "a1.1.v", "a1.1.k", "a1.1.q", "a1.0", "a1.0.v"]
-    assert len(names) == graph.n_destinations + graph.n_layers * graph.n_heads
-    covered = torch.cat([step.edges for step in steps])
-    assert sorted(covered.tolist()) == list(range(graph.n_edges))  # every edge exactly once
-    assert [graph.edge_names[e] for e in steps[1].edges] == ["a1.1 -> m1", "a1.0 -> m1", "m0 -> m1", "a0.1 -> m1", "a0.0 -> m1", "input -> m1"]
-    assert [graph.edge_names[e] for e in steps[2].edges] == ["a1.1.v -> a1.1", "a1.1.k -> a1.1", "a1.1.q -> a1.1"]
-    per_position = visit_order(Graph(n_layers=1, n_heads=1, attn_only=True, n_positions=2))
-    assert [Graph(n_layers=1, n_heads=1, attn_only=True, n_positions=2).edge_names[e] for e in per_position[0].edges] == [
-        "a0.0 -> logits @ 1", "a0.0 -> logits @ 0", "input -> logits @ 1", "input -> logits @ 0"]
+def test_visit_order_is_conmy_et_als():
+    for graph in (Graph(n_layers=2, n_heads=2, attn_only=False, qkv_direct_edges=True),
+                  Graph(n_layers=2, n_heads=2, attn_only=False, split_input=True),
+                  Graph(n_layers=2, n_heads=3, attn_only=True, split_input=True),
+                  Graph(n_layers=1, n_heads=2, attn_only=True, n_positions=2)):
+        steps = visit_order(graph)
+        walk = paper_receivers(graph)
+        assert [step.receiver for step in steps] == [receiver for receiver, _ in walk]
+        assert [[graph.edge_names[e] for e in step.edges] for step in steps] == [edges for _, edges in walk]
+        covered = torch.cat([step.edges for step in steps])
+        assert sorted(covered.tolist()) == list(range(graph.n_edges))  # every edge exactly once
+    split = Graph(n_layers=2, n_heads=2, attn_only=False, split_input=True)
+    steps = visit_order(split)
+    assert [step.receiver for step in steps[:8]] == ["logits", "m1", "a1.1.v", "a1.0.v", "a1.1.k", "a1.0.k", "a1.1.q", "a1.0.q"]
+    assert [split.edge_names[e] for e in steps[3].edges] == [
+        "m0 -> a1.0.v", "a0.1 -> a1.0.v", "a0.0 -> a1.0.v", "embed -> a1.0.v", "pos_embed -> a1.0.v"]
+    direct = [step.receiver for step in visit_order(Graph(n_layers=1, n_heads=2, attn_only=True, qkv_direct_edges=True))]
+    assert direct[1:4] == ["a0.1.v -> a0.1", "a0.0.v -> a0.0", "a0.1.k -> a0.1"]
+
+
+def test_the_visit_order_changes_circuits(make_model, tokens):
+    """On a seeded random 2-layer model, ACDC in the order it used before (head by head) keeps other
+    edges than in Conmy et al.'s at some tau; each order's fast path equals its naive run."""
+    model, graph, batches = _setup(make_model, tokens, seed=ORDER_SEED, graph_options=dict(split_input=True))
+    taus = np.geomspace(1e-4, 0.3, 12).tolist()
+    paper = acdc_sweep(model, graph, batches, taus)
+    old = acdc_sweep(model, graph, batches, taus, _order=head_by_head_order(graph))
+    differ = [t for t, a, b in zip(taus, paper.circuits, old.circuits) if a != b]
+    assert differ, "the two orders gave the same circuits at every tau"
+    tau = differ[0]
+    old_receivers = [(step.receiver, [graph.edge_names[e] for e in step.edges]) for step in head_by_head_order(graph)]
+    assert torch.equal(old.circuits[taus.index(tau)].members, naive_acdc(model, graph, batches, tau, old_receivers)[0])
+    assert torch.equal(paper.circuits[taus.index(tau)].members, naive_acdc(model, graph, batches, tau)[0])
+    with pytest.raises(ValueError, match="every edge of the graph exactly once"):
+        acdc_sweep(model, graph, batches, taus, _order=head_by_head_order(graph)[1:])
 
 
 def test_scores_are_the_largest_tau_keeping_each_edge(make_model, tokens):

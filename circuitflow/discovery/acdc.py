@@ -1,5 +1,8 @@
 """ACDC: automatic circuit discovery by pruning edges one at a time (Conmy et al. 2023, REFERENCE.md 3).
 
+This module is the search (about 450 lines: the speculative, resumed evaluation is one idea and
+is not split); the metric batches are in ``acdc_metrics.py``, the visit order in ``acdc_order.py``.
+
 The algorithm
 -------------
 Start from the full graph.  Visit the destinations from the output backwards and, for each of a
@@ -12,13 +15,13 @@ remove the edge for good (the current circuit becomes the one without it), else 
 is a loss, **lower is better**: by default KL(full model || circuit) at the behavior's positions
 (``kl_metric``), or a task metric such as the tracr MSE against the full model.
 
-Visit order (fixed by graph indices, the same in every process whatever PYTHONHASHSEED):
-destinations in the reverse of ``graph.destinations`` -- ``logits``, then the last layer's MLP, then
-its heads' inputs from the last head back, each head ``v``, ``k``, ``q`` -- and the edges into one
-destination in decreasing edge index: the latest source first and, with per-position edges, the last
-position first.  With ``qkv_direct_edges`` a head's three direct edges (``a.v -> a``, ``a.k -> a``,
-``a.q -> a``) are visited just before that head's own q/k/v inputs, since they lie between them and
-the head's output.
+Visit order: Conmy et al.'s implementation's, checked against their code (``acdc_order.py``):
+``logits``, then per layer from the last its MLP's input, (with ``qkv_direct_edges``) its heads'
+direct edges ``a.v -> a``, then ``a.k -> a``, then ``a.q -> a``, then the value inputs of all its
+heads, then all key inputs, then all query inputs, heads from the last to the first.  The edges into
+one destination go from the latest source back, the input last (``embed`` before ``pos_embed``).
+The order is fixed by graph indices, the same in every process whatever PYTHONHASHSEED, and it
+matters: on small random models other valid orders give other circuits (``tests/test_acdc.py``).
 
 Dead ends: a destination that no longer reaches the logits (the node it feeds has no kept outgoing
 edge to a destination that does) cannot change the output, so its incoming edges are removed without
@@ -83,12 +86,13 @@ at which the edge is kept (``-inf`` when it is kept at none).  When the sweep's 
 Dimension names: source, circuit, batch, pos, d_model, vocab, n_edges.
 """
 
+
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -96,256 +100,20 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from circuitflow.circuit import Circuit
+from circuitflow.discovery.acdc_metrics import (
+    ExampleLoss,
+    Metric,
+    MetricBatch,
+    Positions,
+    check_batches,
+    kl_batches,
+    kl_metric,
+    loss_batches,
+)
+from circuitflow.discovery.acdc_order import VisitStep, Wiring, check_order, visit_order
+from circuitflow.discovery.acdc_order import wiring as build_wiring
 from circuitflow.graph import Graph
-from circuitflow.metrics import kl_divergence
-from circuitflow.patching import check_model, run_circuits, run_circuits_from, source_outputs, sources_before
-
-# metric(logits (batch, pos, vocab)) -> scalar tensor; a loss, lower is better
-Metric = Callable[[Tensor], Tensor]
-Positions = int | Sequence[int] | Tensor | None
-# loss(circuit_logits (batch, pos, vocab), model_logits (batch, pos, vocab), example indices (batch,))
-# -> (batch,) per-example loss, lower is better: a behavior's ``score`` or ``kl_divergence``
-ExampleLoss = Callable[[Tensor, Tensor, Tensor], Tensor]
-
-
-# ---- metrics and batches -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MetricBatch:
-    """One batch of examples with its metric; ACDC's metric is the sum of the batches' metrics.
-
-    tokens:  (batch, pos) token ids.
-    ablated: (source, batch | 1, pos | 1, d_model) what ablated edges carry (``ablation_values``).
-    metric:  logits (batch, pos, vocab) -> scalar, a loss (lower is better).  To average over all
-             examples of several batches, each batch's metric sums over its examples and divides by
-             the total number of examples (``kl_metric(..., n_total=...)`` does).
-    read_positions: long (n,) the positions the metric reads, or None (default) for every position:
-             ACDC then computes the logits only there (the last layer's attention for those queries,
-             its MLP and the unembedding at those positions) and hands the metric logits that are 0
-             at every other position.  ``kl_batches`` sets it from its ``positions``.
-    Batches may differ in length (tracr inputs of length 1..5 are five batches).
-    """
-
-    tokens: Tensor
-    ablated: Tensor
-    metric: Metric
-    read_positions: Tensor | None = None
-
-
-def _selected_positions(positions: Positions, batch: int, n_pos: int) -> tuple[Tensor, Tensor]:
-    """(example, position) index pairs selected by ``positions``, each a long (n_selected,) tensor."""
-    examples = torch.arange(batch)
-    if positions is None:
-        return examples.repeat_interleave(n_pos), torch.arange(n_pos).repeat(batch)
-    if isinstance(positions, int):
-        if not -n_pos <= positions < n_pos:
-            raise ValueError(f"Position {positions} is outside inputs of {n_pos} positions; give a position in [-{n_pos}, {n_pos}).")
-        return examples, torch.full((batch,), positions % n_pos)
-    positions = torch.as_tensor(positions)
-    if positions.dtype == torch.bool:
-        if positions.shape != (batch, n_pos):
-            raise ValueError(f"A boolean position mask must have shape (batch, pos) = {(batch, n_pos)}, got {tuple(positions.shape)}.")
-        if not positions.any(1).all():
-            raise ValueError("The position mask selects no position for some example; select at least one per example.")
-        return positions.nonzero(as_tuple=True)
-    if positions.dim() != 1 or positions.shape[0] != batch or positions.is_floating_point():
-        raise ValueError(
-            f"positions must be None, an int, a long tensor of one position per example ({batch},) or a bool "
-            f"mask (batch, pos); got {positions.dtype} of shape {tuple(positions.shape)}."
-        )
-    if ((positions < -n_pos) | (positions >= n_pos)).any():
-        raise ValueError(f"Some positions fall outside inputs of {n_pos} positions; give positions in [-{n_pos}, {n_pos}).")
-    return examples, positions.long() % n_pos
-
-
-def kl_metric(model_logits: Tensor, positions: Positions = None, *, n_total: int | None = None) -> Metric:
-    """ACDC's default metric: KL(full model || circuit), a loss (lower is better, 0 for the full model).
-
-    model_logits: (batch, pos, vocab) the full model's logits on the batch.
-    positions:    where the behavior is read: None (every position), an int (the same position for
-                  every example, e.g. -1), a long (batch,) tensor (one position per example) or a bool
-                  (batch, pos) mask.
-    n_total:      the number of examples over all batches (default: this batch's size).
-    Returns metric(logits (batch, pos, vocab)) -> scalar: the sum over examples of the mean KL over
-    the example's selected positions, divided by ``n_total``.
-    """
-    if model_logits.dim() != 3:
-        raise ValueError(f"model_logits must be (batch, pos, vocab), got shape {tuple(model_logits.shape)}.")
-    batch, n_pos, _ = model_logits.shape
-    examples, where = _selected_positions(positions, batch, n_pos)
-    counts = torch.bincount(examples, minlength=batch).to(model_logits.dtype)
-    weights = 1.0 / (counts[examples] * (n_total or batch))
-    reference = model_logits.detach()[examples, where]  # (n_selected, vocab)
-
-    def metric(logits: Tensor) -> Tensor:
-        if logits.shape != model_logits.shape:
-            raise ValueError(f"The KL metric was built for logits of shape {tuple(model_logits.shape)}, got {tuple(logits.shape)}.")
-        return (kl_divergence(reference, logits[examples, where]) * weights).sum()
-
-    return metric
-
-
-def _split(
-    model: HookedTransformer, graph: Graph, tokens: Tensor, ablated: Tensor, batch_size: int
-) -> list[tuple[slice, Tensor, Tensor, Tensor]]:
-    """(rows, tokens, ablated, full model logits) per batch; the full model is the engine's full
-    circuit run alone, as ACDC evaluates it, so the full circuit's KL is exactly 0."""
-    check_model(model, graph)
-    if tokens.dim() != 2:
-        raise ValueError(f"tokens must be (n_examples, pos), got shape {tuple(tokens.shape)}.")
-    if ablated.dim() != 4 or ablated.shape[1] not in (1, tokens.shape[0]):
-        raise ValueError(f"ablated must be (source, n_examples={tokens.shape[0]} or 1, pos or 1, d_model), got {tuple(ablated.shape)}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    n_examples = tokens.shape[0]
-    full = torch.ones(graph.n_edges, dtype=model.cfg.dtype, device=tokens.device)
-    out = []
-    for start in range(0, n_examples, batch_size):
-        rows = slice(start, min(start + batch_size, n_examples))
-        batch_ablated = ablated if ablated.shape[1] == 1 else ablated[:, rows]
-        with torch.no_grad():
-            model_logits = run_circuits(model, graph, tokens[rows], batch_ablated, full)
-        out.append((rows, tokens[rows], batch_ablated, model_logits))
-    return out
-
-
-def kl_batches(
-    model: HookedTransformer,
-    graph: Graph,
-    tokens: Tensor,
-    ablated: Tensor,
-    *,
-    positions: Positions = None,
-    batch_size: int = 64,
-    n_total: int | None = None,
-) -> list[MetricBatch]:
-    """Split a dataset into ``MetricBatch`` es with the KL metric averaged over all its examples.
-
-    tokens: (n_examples, pos); ablated: (source, n_examples | 1, pos | 1, d_model); positions as in
-    ``kl_metric`` for the whole dataset (a per-example tensor or mask is split with the batches);
-    n_total: the examples over all lists of batches to be concatenated (default: n_examples).
-    The full circuit's metric is exactly 0.  Each batch's ``read_positions`` are the positions
-    ``positions`` selects in it (None for every position).
-    """
-    n_total = n_total or tokens.shape[0]
-    batches = []
-    for rows, batch_tokens, batch_ablated, model_logits in _split(model, graph, tokens, ablated, batch_size):
-        batch_positions = positions[rows] if isinstance(positions, Tensor) else positions
-        metric = kl_metric(model_logits, batch_positions, n_total=n_total)
-        read = None
-        if batch_positions is not None:  # the positions the metric reads, for ACDC's engine calls
-            read = _selected_positions(batch_positions, *batch_tokens.shape)[1].unique()
-        batches.append(MetricBatch(batch_tokens, batch_ablated, metric, read))
-    return batches
-
-
-def loss_batches(
-    model: HookedTransformer,
-    graph: Graph,
-    tokens: Tensor,
-    ablated: Tensor,
-    loss: ExampleLoss,
-    *,
-    batch_size: int = 64,
-    n_total: int | None = None,
-) -> list[MetricBatch]:
-    """Split a dataset into ``MetricBatch`` es whose metric is a per-example loss averaged over all
-    examples: a behavior's ``score`` (the tracr MSE against the full model, the ACDC paper's task
-    metric for tracr) or its ``kl_divergence``.
-
-    tokens: (n_examples, pos); ablated: (source, n_examples | 1, pos | 1, d_model);
-    loss(circuit_logits, model_logits, example indices (batch,)) -> (batch,), lower is better, the
-    indices into ``tokens``' rows (offset by nothing: index the behavior's examples with them);
-    n_total: the examples over all lists of batches to be concatenated (default: n_examples).
-    """
-    n_total = n_total or tokens.shape[0]
-    batches = []
-    for rows, batch_tokens, batch_ablated, model_logits in _split(model, graph, tokens, ablated, batch_size):
-        index = torch.arange(rows.start, rows.stop)
-
-        def metric(logits: Tensor, model_logits: Tensor = model_logits, index: Tensor = index) -> Tensor:
-            return loss(logits, model_logits, index).sum() / n_total
-
-        batches.append(MetricBatch(batch_tokens, batch_ablated, metric))
-    return batches
-
-
-# ---- the visit order and the graph's wiring ----------------------------------------------------
-
-_KINDS = ("q", "k", "v", "m", "l")  # kinds of destination: query, key, value, MLP, logits
-
-
-@dataclass(frozen=True)
-class VisitStep:
-    """One receiver ACDC visits: a destination (its incoming residual edges) or, with q/k/v direct
-    edges, a head (its three direct edges).
-
-    edges:  long (k,) candidate edge indices in visit order.
-    dest:   the destination's index in ``graph.destinations``; -1 for a head.
-    feeds:  the source index the receiver's value goes to (the head or MLP); -1 for ``logits``.
-    direct: the edge index of the direct edge ``receiver -> head`` (q/k/v inputs with direct edges), else -1.
-    """
-
-    receiver: str
-    edges: Tensor
-    dest: int
-    feeds: int
-    direct: int
-
-
-@dataclass(frozen=True)
-class _Wiring:
-    """Per edge: its source and destination indices (-1 for direct edges) and where a forward pass
-    evaluating its removal can resume; per source, its outgoing residual edges; the ACDC visit steps."""
-
-    edge_source: Tensor  # long (n_edges,)
-    edge_dest: Tensor  # long (n_edges,)
-    edge_upstream: Tensor  # long (n_edges,): sources_before(the q/k/v/MLP/logits input the edge enters)
-    edge_kind: Tensor  # long (n_edges,): the predictor's key, (source, kind of destination) flattened
-    outgoing: tuple[Tensor, ...]  # per source: long edge indices
-    steps: tuple[VisitStep, ...]
-
-
-def _wiring(graph: Graph) -> _Wiring:
-    n = graph.n_edges
-    edge_source = torch.full((n,), -1, dtype=torch.long)
-    edge_dest = torch.full((n,), -1, dtype=torch.long)
-    direct_of: dict[str, int] = {}  # q/k/v destination name -> its direct edge
-    for e, name in enumerate(graph.edge_names):
-        src, dst = name.split(" @ ")[0].split(" -> ")
-        if dst in graph.destination_index:
-            edge_source[e] = graph.source_index[src]
-            edge_dest[e] = graph.destination_index[dst]
-        else:  # a direct edge "a.q -> a"
-            direct_of[src] = e
-    outgoing = tuple((edge_source == s).nonzero().flatten() for s in range(graph.n_sources))
-    upstream_of = torch.tensor([sources_before(graph, d) for d in range(graph.n_destinations)])
-    edge_upstream = upstream_of[edge_dest.clamp(min=0)]
-    for name, e in direct_of.items():  # a direct edge acts on its q/k/v input
-        edge_upstream[e] = upstream_of[graph.destination_index[name]]
-    # destination kinds q, k, v, MLP, logits; direct edges share a row of their own, by q/k/v
-    kinds = torch.tensor([_KINDS.index(d[-1] if d[-2:] in (".q", ".k", ".v") else d[0]) for d in graph.destinations])
-    edge_kind = torch.where(edge_dest >= 0, edge_source * len(_KINDS) + kinds[edge_dest.clamp(min=0)], 0)
-    for name, e in direct_of.items():
-        edge_kind[e] = graph.n_sources * len(_KINDS) + _KINDS.index(name[-1])
-    steps = []
-    for d in reversed(range(graph.n_destinations)):
-        name = graph.destinations[d]
-        head = name[:-2] if name[-2:] in (".q", ".k", ".v") else None
-        if head is not None and name.endswith(".v") and graph.qkv_direct_edges:
-            direct = torch.tensor([direct_of[f"{head}.{kind}"] for kind in "vkq"])
-            steps.append(VisitStep(head, direct, -1, graph.source_index[head], -1))
-        incoming = (edge_dest == d).nonzero().flatten().flip(0)
-        feeds = -1 if name == "logits" else graph.source_index[head or name]
-        steps.append(VisitStep(name, incoming, d, feeds, direct_of.get(name, -1)))
-    return _Wiring(edge_source, edge_dest, edge_upstream, edge_kind, outgoing, tuple(steps))
-
-
-def visit_order(graph: Graph) -> list[VisitStep]:
-    """ACDC's visit steps for ``graph``, in order (see the module docstring)."""
-    return list(_wiring(graph).steps)
-
+from circuitflow.patching import run_circuits_from, source_outputs
 
 # ---- one group of thresholds sharing a circuit -------------------------------------------------
 
@@ -400,7 +168,7 @@ class _Cursor:
     hints: dict[int, float] = field(default_factory=dict)
 
 
-def _reaches_logits(wiring: _Wiring, step: VisitStep, run: _Run) -> bool:
+def _reaches_logits(wiring: Wiring, step: VisitStep, run: _Run) -> bool:
     """Whether the receiver of ``step`` still reaches the logits in ``run``'s circuit (exact: every
     destination downstream has been visited)."""
     if step.feeds < 0:
@@ -424,7 +192,7 @@ class _Evaluator:
     """
 
     def __init__(
-        self, model: HookedTransformer, graph: Graph, wiring: _Wiring, batches: Sequence[MetricBatch], circuits_per_call: int
+        self, model: HookedTransformer, graph: Graph, wiring: Wiring, batches: Sequence[MetricBatch], circuits_per_call: int
     ):
         self.model, self.graph, self.wiring, self.batches = model, graph, wiring, batches
         self.circuits_per_call = circuits_per_call
@@ -479,7 +247,7 @@ class _Evaluator:
 
 
 def _chain(
-    cursor: _Cursor, step: VisitStep, wiring: _Wiring, thresholds: Sequence[float], length: int
+    cursor: _Cursor, step: VisitStep, wiring: Wiring, thresholds: Sequence[float], length: int
 ) -> tuple[list[Tensor], list[bool]]:
     """The speculative chain of a cursor: masks "predicted circuit minus candidate k" for the next
     candidates, and whether each candidate is predicted removed."""
@@ -506,7 +274,7 @@ def _chain(
 def _walk(
     cursor: _Cursor,
     step: VisitStep,
-    wiring: _Wiring,
+    wiring: Wiring,
     masks: list[Tensor],
     removed: list[bool],
     values: list[float],
@@ -553,7 +321,7 @@ def _walk(
 def _visit(
     step: VisitStep,
     runs: list[_Run],
-    wiring: _Wiring,
+    wiring: Wiring,
     evaluate: _Evaluator,
     thresholds: Sequence[float],
     speculation: int,
@@ -636,38 +404,6 @@ def _check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
     return values
 
 
-def _check_batches(model: HookedTransformer, graph: Graph, batches: Sequence[MetricBatch]) -> list[MetricBatch]:
-    check_model(model, graph)
-    batches = list(batches)
-    if not batches or not all(isinstance(b, MetricBatch) for b in batches):
-        raise ValueError("ACDC needs a non-empty list of MetricBatch(tokens, ablated, metric); build one with kl_batches.")
-    for i, b in enumerate(batches):
-        if b.tokens.dim() != 2:
-            raise ValueError(f"Batch {i}: tokens must be (batch, pos), got shape {tuple(b.tokens.shape)}.")
-        batch, n_pos = b.tokens.shape
-        shape = tuple(b.ablated.shape)
-        if (
-            b.ablated.dim() != 4 or shape[0] != graph.n_sources or shape[1] not in (1, batch)
-            or shape[2] not in (1, n_pos) or shape[3] != model.cfg.d_model
-        ):
-            raise ValueError(
-                f"Batch {i}: ablated must be (source={graph.n_sources}, batch {batch} or 1, pos {n_pos} or 1, "
-                f"d_model={model.cfg.d_model}), got {shape}; build it with patching.ablation_values."
-            )
-        if not callable(b.metric):
-            raise ValueError(f"Batch {i}: metric must be a callable logits -> scalar loss.")
-        read = b.read_positions
-        if read is not None and (
-            not isinstance(read, Tensor) or read.dim() != 1 or read.is_floating_point() or len(read) == 0
-            or ((read < -n_pos) | (read >= n_pos)).any() or len((read % n_pos).unique()) != len(read)
-        ):
-            raise ValueError(
-                f"Batch {i}: read_positions must be None or a long (n,) tensor of distinct positions in "
-                f"[-{n_pos}, {n_pos}), got {read!r}."
-            )
-    return batches
-
-
 def acdc_sweep(
     model: HookedTransformer,
     graph: Graph,
@@ -677,6 +413,7 @@ def acdc_sweep(
     speculation: int = 8,
     circuits_per_call: int = 8,
     progress: bool = False,
+    _order: Sequence[VisitStep] | None = None,
 ) -> AcdcSweep:
     """ACDC for every tau in ``thresholds`` (see the module docstring); the model is not changed.
 
@@ -687,21 +424,26 @@ def acdc_sweep(
     circuits_per_call: circuits per engine call, one pass each (memory: circuits x batch x pos x
                  vocab logits; 8 is the engine's fastest pass size on CPU).
     progress:    show a tqdm bar over the visit steps.
+    _order:      for tests only: another visit order (every edge once, each destination after
+                 everything downstream of it), to show that the order matters.
     """
     taus = _check_thresholds(thresholds)
-    batches = _check_batches(model, graph, batches)
+    batches = check_batches(model, graph, batches)
     if speculation < 1 or circuits_per_call < 1:
         raise ValueError(f"speculation and circuits_per_call must be at least 1, got {speculation} and {circuits_per_call}.")
-    wiring = _wiring(graph)
-    evaluate = _Evaluator(model, graph, wiring, batches, circuits_per_call)
+    layout = build_wiring(graph)
+    if _order is not None:
+        check_order(graph, tuple(_order))
+        layout = replace(layout, steps=tuple(_order))
+    evaluate = _Evaluator(model, graph, layout, batches, circuits_per_call)
     full = torch.ones(graph.n_edges, dtype=torch.bool)
     by_value = sorted(range(len(taus)), key=taus.__getitem__)
-    predictor = _Predictor(torch.full((int(wiring.edge_kind.max()) + 1,), -1, dtype=torch.int8))
+    predictor = _Predictor(torch.full((int(layout.edge_kind.max()) + 1,), -1, dtype=torch.int8))
     reaches = torch.zeros(graph.n_destinations, dtype=torch.bool)
     runs = [_Run(by_value, full, evaluate([full])[0], reaches, predictor)]
     decisions = [0] * len(taus)
-    for step in tqdm(wiring.steps, desc="ACDC", disable=not progress):
-        runs = _visit(step, runs, wiring, evaluate, taus, speculation, decisions)
+    for step in tqdm(layout.steps, desc="ACDC", disable=not progress):
+        runs = _visit(step, runs, layout, evaluate, taus, speculation, decisions)
 
     circuits: list[Circuit | None] = [None] * len(taus)
     metrics = [0.0] * len(taus)
@@ -747,3 +489,9 @@ def acdc_scores(
     else:
         batches = loss_batches(model, graph, clean, ablated, loss, batch_size=batch_size)
     return acdc_sweep(model, graph, batches, thresholds, progress=progress).scores
+
+
+__all__ = [
+    "AcdcSweep", "ExampleLoss", "Metric", "MetricBatch", "Positions", "VisitStep", "acdc", "acdc_scores", "acdc_sweep",
+    "kl_batches", "kl_metric", "loss_batches", "visit_order",
+]
