@@ -26,7 +26,7 @@ from circuitflow.discovery.acdc import (
     visit_order,
 )
 from circuitflow.discovery.circuits import above_threshold
-from circuitflow.evaluation.roc import auc_pessimistic, auc_trapezoid, roc_from_circuits, roc_points
+from circuitflow.evaluation.roc import auc_pessimistic, auc_trapezoid, is_nested, roc_from_circuits, roc_points
 from circuitflow.graph import Graph
 from circuitflow.metrics import kl_divergence
 from circuitflow.patching import ablation_values, run_circuits, source_outputs
@@ -184,6 +184,14 @@ def test_sweep_equals_independent_runs_and_shares_work(make_model, tokens):
     # one tau: every undecided edge costs at least one evaluation, and speculation wastes few
     for s in singles:
         assert s.decisions[0] < s.n_evaluations <= 2 * s.decisions[0] + 1
+
+
+def test_sweep_exposes_its_per_threshold_circuits(make_model, tokens):
+    model, graph, batches = _setup(make_model, tokens, seed=0)
+    sweep = acdc_sweep(model, graph, batches, TAUS)
+    assert sweep.kept.dtype == torch.bool and sweep.kept.shape == (len(TAUS), graph.n_edges)
+    assert all(torch.equal(row, circuit.members) for row, circuit in zip(sweep.kept, sweep.circuits))
+    assert is_nested(sweep.kept, sweep.thresholds) == sweep.nested
 
 
 def test_thresholds_in_any_order(make_model, tokens):

@@ -9,9 +9,11 @@ from circuitflow.evaluation.roc import (
     ROC_COLUMNS,
     auc_pessimistic,
     auc_trapezoid,
+    is_nested,
     node_truth_and_scores,
     roc_from_circuits,
     roc_points,
+    roc_points_from_circuits,
     scored_nodes,
 )
 from circuitflow.graph import Graph
@@ -228,3 +230,47 @@ def test_node_level_with_positions_and_direct_edges():
     assert node_scores.tolist() == [0.0, 2.0] and node_truth.tolist() == [True, False]
     roc = roc_points(node_scores, node_truth)
     assert auc_pessimistic(roc["fpr"], roc["tpr"]) == 0.0
+
+
+# ---- sweeps: per-threshold circuits against "largest threshold keeping the edge" scores ---------
+
+
+def _largest_keeping(kept: np.ndarray, thresholds) -> np.ndarray:
+    """Per edge, the largest threshold whose circuit keeps it (-inf if none), by a loop."""
+    return np.array([max([t for t, row in zip(thresholds, kept) if row[e]], default=-np.inf) for e in range(kept.shape[1])])
+
+
+def _point_set(frame) -> set[tuple[float, float]]:
+    return set(zip(frame["fpr"].to_list(), frame["tpr"].to_list()))
+
+
+def test_sweep_points_of_a_non_nested_sweep_differ_from_its_scores():
+    truth = np.array([True, True, False, False])
+    thresholds = [1.0, 2.0, 3.0]
+    kept = np.array([[True, False, True, False], [False, True, False, False], [True, False, False, False]])
+    assert not is_nested(kept, thresholds)  # edge 1 is kept at tau 2 but not at tau 1
+    points, aucs = roc_points_from_circuits(kept, truth)
+    # by hand: the circuits sit at (fpr, tpr) = (0.5, 0.5), (0, 0.5), (0, 0.5), plus (0, 0) and (1, 1)
+    assert sorted(_point_set(points)) == [(0.0, 0.0), (0.0, 0.5), (0.5, 0.5), (1.0, 1.0)]
+    assert len(points) == 5 and points["circuit"].to_list() == [None, 1, 2, 0, None]
+    assert aucs == {"trapezoid": pytest.approx(0.5 * 0.5 + 0.5 * 0.75), "pessimistic": pytest.approx(0.5 * 0.5 + 0.5 * 0.5)}
+    scored = roc_points(_largest_keeping(kept, thresholds), truth)  # scores 3, 2, 1, -inf
+    assert (0.0, 1.0) in _point_set(scored) and _point_set(scored) != _point_set(points)
+    assert auc_trapezoid(scored["fpr"], scored["tpr"]) == 1.0 != aucs["trapezoid"]
+
+
+def test_sweep_points_of_a_nested_sweep_are_its_score_points():
+    truth = np.array([True, True, False, False, True])
+    thresholds = [3.0, 1.0, 2.0]  # any order
+    kept = np.array([[True, False, False, False, False], [True, True, True, False, True], [True, True, False, False, False]])
+    assert is_nested(kept, thresholds) and is_nested(torch.from_numpy(kept), torch.tensor(thresholds))
+    points, aucs = roc_points_from_circuits(kept, truth)
+    scored = roc_points(_largest_keeping(kept, thresholds), truth)
+    assert _point_set(points) == _point_set(scored)
+    assert aucs["trapezoid"] == pytest.approx(auc_trapezoid(scored["fpr"], scored["tpr"]))
+    assert aucs["pessimistic"] == pytest.approx(auc_pessimistic(scored["fpr"], scored["tpr"]))
+    with pytest.raises(ValueError, match="distinct"):
+        is_nested(kept, [1.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="one threshold per row"):
+        is_nested(kept, [1.0, 2.0])
+

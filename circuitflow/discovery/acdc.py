@@ -1,7 +1,7 @@
 """ACDC: automatic circuit discovery by pruning edges one at a time (Conmy et al. 2023, REFERENCE.md 3).
 
-This module is the search (about 450 lines: the speculative, resumed evaluation is one idea and
-is not split); the metric batches are in ``acdc_metrics.py``, the visit order in ``acdc_order.py``.
+The search, up to 500 lines (the speculative, resumed evaluation is one idea, not split); the metric
+batches are in ``acdc_metrics.py``, the visit order in ``acdc_order.py``.
 
 The algorithm
 -------------
@@ -20,8 +20,7 @@ Visit order: Conmy et al.'s implementation's, checked against their code (``acdc
 direct edges ``a.v -> a``, then ``a.k -> a``, then ``a.q -> a``, then the value inputs of all its
 heads, then all key inputs, then all query inputs, heads from the last to the first.  The edges into
 one destination go from the latest source back, the input last (``embed`` before ``pos_embed``).
-The order is fixed by graph indices, the same in every process whatever PYTHONHASHSEED, and it
-matters: on small random models other valid orders give other circuits (``tests/test_acdc.py``).
+Fixed by graph indices (the same in every process), it matters: other valid orders give other circuits.
 
 Dead ends: a destination that no longer reaches the logits (the node it feeds has no kept outgoing
 edge to a destination that does) cannot change the output, so its incoming edges are removed without
@@ -78,10 +77,10 @@ chains of all groups go into the same engine calls.  The result equals independe
 Also shared: the full circuit's metric and, through ``MetricBatch``, the ablated values and the full
 model's logits the metric compares against.
 
-Scores for the common interface (higher = more important): score(edge) = the largest tau of the sweep
-at which the edge is kept (``-inf`` when it is kept at none).  When the sweep's circuits are nested
-(``AcdcSweep.nested``; usual but not guaranteed by ACDC) the circuit at tau is exactly
-``scores >= tau``, so ``roc_points`` over the scores reproduces the sweep's ROC points.
+Scores for the common interface (higher = more important): the largest tau of the sweep keeping
+the edge (``-inf``: none).  Only a nested sweep (``AcdcSweep.nested``, usual but not guaranteed)
+gives back its circuits as ``scores >= tau``; ``AcdcSweep.kept`` and ``roc.roc_points_from_circuits``
+give the per-threshold ROC points whatever the sweep.
 
 Dimension names: source, circuit, batch, pos, d_model, vocab, n_edges.
 """
@@ -385,6 +384,12 @@ class AcdcSweep:
     n_evaluations: int
 
     @property
+    def kept(self) -> Tensor:
+        """Bool (n_thresholds, n_edges): the circuit of each threshold, in ``thresholds`` order (for
+        ``roc.is_nested`` and ``roc.roc_points_from_circuits``)."""
+        return torch.stack([circuit.members for circuit in self.circuits])
+
+    @property
     def nested(self) -> bool:
         """Whether the circuit of every larger tau is a subset of that of every smaller one (then
         ``scores >= tau`` gives back each circuit)."""
@@ -491,7 +496,5 @@ def acdc_scores(
     return acdc_sweep(model, graph, batches, thresholds, progress=progress).scores
 
 
-__all__ = [
-    "AcdcSweep", "ExampleLoss", "Metric", "MetricBatch", "Positions", "VisitStep", "acdc", "acdc_scores", "acdc_sweep",
-    "kl_batches", "kl_metric", "loss_batches", "visit_order",
-]
+__all__ = ["AcdcSweep", "ExampleLoss", "Metric", "MetricBatch", "Positions", "VisitStep", "acdc", "acdc_scores",
+           "acdc_sweep", "kl_batches", "kl_metric", "loss_batches", "visit_order"]

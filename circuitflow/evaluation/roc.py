@@ -159,6 +159,39 @@ def roc_from_circuits(circuits, truth, *, pareto: bool = True) -> pl.DataFrame:
     )
 
 
+def is_nested(kept, thresholds) -> bool:
+    """Whether a threshold sweep's circuits are nested: the circuit at every larger threshold a
+    subset of the one at every smaller threshold.
+
+    kept: bool (n_thresholds, n_edges), one circuit per threshold (numpy or torch); thresholds:
+    (n_thresholds,) distinct numbers, in any order.  Only then does "the largest threshold keeping
+    the edge" as a score (ACDC's taus, SP's lambdas) give back every circuit as ``score >= t``, so
+    that ``roc_points`` over those scores are the sweep's own ROC points.
+    """
+    members = _as_numpy(kept, "kept")
+    values = _as_numpy(thresholds, "thresholds").astype(np.float64)
+    if members.dtype != bool or members.ndim != 2 or values.shape != (members.shape[0],):
+        raise ValueError(f"kept must be bool (n_thresholds, n_edges) with one threshold per row; got {members.dtype} {members.shape} and {values.shape} thresholds.")
+    if np.unique(values).size != values.size:
+        raise ValueError(f"Thresholds must be distinct, got {values.tolist()}.")
+    ordered = members[np.argsort(values)]  # ascending threshold: each row must contain the next
+    return bool(not (ordered[1:] & ~ordered[:-1]).any())
+
+
+def roc_points_from_circuits(kept, truth) -> tuple[pl.DataFrame, dict[str, float]]:
+    """One ROC point per circuit of a sweep, whether or not the sweep is nested, and the AUCs.
+
+    kept: bool (n_thresholds, n_edges), one circuit per threshold; truth: bool (n_edges,).
+    Returns (points, aucs): the points of every circuit plus the empty (0, 0) and the full (1, 1)
+    circuit as end points, sorted by (fpr, tpr), no point dropped (columns as ``roc_from_circuits``
+    with ``pareto=False``); aucs = {"trapezoid": ..., "pessimistic": ...} over those points.
+    """
+    points = roc_from_circuits(kept, truth, pareto=False)
+    aucs = {"trapezoid": auc_trapezoid(points["fpr"], points["tpr"]),
+            "pessimistic": auc_pessimistic(points["fpr"], points["tpr"])}
+    return points, aucs
+
+
 # ---- AUC ---------------------------------------------------------------------------------------
 def _curve(fpr, tpr) -> tuple[np.ndarray, np.ndarray]:
     x = _as_numpy(fpr, "fpr").astype(np.float64)
