@@ -12,27 +12,55 @@ the mean), sort them descending x_(1) >= x_(2) >= ...; then
 for k from ceil(n^0.1) to floor(n^0.5), n the sample size.  For a power-law tail P(X > x) ~ x^-alpha
 the Hill plot is flat at 1/alpha, so the tail index is alpha = 1 / Hill.
 
-The verdict.  A tail is *heavy* when it is heavier than every exponential (the definition the
+The statistic.  A tail is *heavy* when it is heavier than every exponential (the definition the
 Goodhart paper uses: e^{tx} P(X > x) -> infinity for all t > 0).  The exponential is therefore the
 boundary, and it has a closed form here: the exceedances of an exponential sample are exponential
 again (memorylessness), whatever its rate, and Hill is scale-free, so the Hill plot an exponential
 tail of the same size would draw is known exactly (``exponential_hill``, from Renyi's representation
-of exponential order statistics).  The rule:
+of exponential order statistics).  The statistic is z, the median over k (weights 1/k: each decade
+of k counts the same, as the plot is read on a log axis) of
+z(k) = (Hill(k) - Hill_exp(k)) / (Hill_exp(k) / sqrt(k)): how many standard errors the Hill plot
+lies above the exponential's.  Why not "alpha below a fixed threshold": an exponential tail's
+alpha estimate grows like log(n / k) (about 4 at n = 300, 10 at n = 10^6).  Why not "the Hill plot is
+flat": a lognormal tail is heavy but its plot drifts.
 
-    heavy  <=>  the median over k (weights 1/k: each decade of k counts the same, as the plot is
-                read on a log axis) of z(k) = (Hill(k) - Hill_exp(k)) / (Hill_exp(k) / sqrt(k))
-                exceeds 2, i.e. the Hill plot lies more than two standard errors above the
-                exponential's across the range of k.
-Why not "alpha below a fixed threshold": an exponential tail's alpha estimate is not infinite but
-grows like log(n / k) (about 4 at n = 300, 10 at n = 10^6), so any fixed threshold calls an
-exponential heavy at small n or misses a power law at large n.  Why not "the Hill plot is flat": a
-stretched exponential or lognormal tail is heavy but its Hill plot drifts, and on 10^6 samples a
-"within two standard errors of its median" flatness score separated Pareto from exponential
-samples poorly (overlapping ranges over seeds); the spread of alpha(k) is reported as evidence.
-Measured over 20 seeds: exponential, gamma(0.5), normal and uniform samples are called light every
-time at n = 300 ... 10^6; Pareto(3), Student t3, lognormal and Weibull(0.5) samples are called heavy
-every time at n = 10^6 (Pareto(3) 20/20 at n = 10^4, about half the time at n = 1,000: the rule is
-conservative on small samples).
+The verdict, calibrated (``benchmarks/bench_tails.py``, 200 seeded samples per cell; rates of the
+rule below; z quantiles 5% / 50% / 95%):
+
+    sample         n      heavy  light  undet.   z q05   z q50   z q95
+    exponential    300    0.010  0.355  0.635    -1.01   -0.20    0.86
+                   10^3   0.000  0.730  0.270    -0.91   -0.00    1.10
+                   10^4   0.000  1.000  0.000    -0.94   -0.05    1.10
+                   10^6   0.000  1.000  0.000    -1.00   -0.01    0.98
+    half-normal    300    0.000  0.770  0.230    -1.34   -0.76    0.07
+                   10^3   0.000  0.995  0.005    -1.47   -0.79   -0.04
+                   10^4   0.000  1.000  0.000    -1.98   -1.30   -0.44
+                   10^6   0.000  1.000  0.000    -3.58   -2.77   -2.00
+    normal         300    0.000  0.915  0.085    -1.48   -0.91   -0.26
+                   10^3   0.000  1.000  0.000    -1.67   -1.11   -0.36
+                   10^4   0.000  1.000  0.000    -2.30   -1.67   -0.96
+                   10^6   0.000  1.000  0.000    -4.04   -3.33   -2.61
+    Pareto a=1.5   300    0.710  0.005  0.285     0.61    2.90    5.35
+                   10^3   0.930  0.000  0.070     1.84    4.80    7.95
+                   10^4   1.000  0.000  0.000     6.31   11.61   16.80
+                   10^6   1.000  0.000  0.000    29.91   38.61   48.25
+    Pareto a=2     300    0.520  0.020  0.460     0.13    2.07    4.66
+                   10^3   0.800  0.015  0.185     0.97    3.51    7.07
+                   10^4   0.995  0.005  0.000     4.64    8.34   13.46
+    Pareto a=3     300    0.330  0.050  0.620    -0.38    1.31    3.25
+                   10^3   0.580  0.055  0.365     0.36    2.27    5.14
+                   10^4   0.975  0.025  0.000     2.64    5.37    8.33
+    (10^6 rows of Pareto 2 and 3: see the benchmark; z there is far above 2, as at 10^4.)
+
+    heavy         z > 2 (``Z_HEAVY``): light tails are called heavy in at most 1% of samples
+                  (exponential at n = 300), never from 10^3 on;
+    light         z < z_light(n), the 5% quantile of z on Pareto(alpha = 3) samples of size n
+                  (``LIGHT_CALIBRATION``: -0.38 at 300, 0.36 at 10^3, capped at 2 from 10^4 on,
+                  log-linear in n between): a power law with alpha <= 3 is called light in at most
+                  ~5% of samples;
+    undetermined  between the two, and "light" is never said below n = 300 (not calibrated).
+At the pipeline's 10^4 (100 x 100 pairs) the rule is decisive: every light sample light, Pareto(3)
+heavy in 97.5% of samples.  At 10^3 and below it says "undetermined" rather than guess.
 
 The reported alpha is 1 / (the 1/k-weighted median of Hill(k)).  On Pareto samples of 10^6 its mean
 error over 20 seeds is +1%, 0%, -4% for alpha 1.5, 2, 3 (demeaning biases it low as alpha grows), and
@@ -50,6 +78,9 @@ import polars as pl
 from scipy.stats import norm
 
 Z_HEAVY = 2.0  # standard errors above the exponential's Hill plot that make a tail heavy
+# (sample size, z below which a tail is light): Pareto(3)'s 5% quantile of z (benchmarks/bench_tails.py)
+LIGHT_CALIBRATION = ((300, -0.38), (1_000, 0.36), (10_000, Z_HEAVY))
+VERDICTS = ("heavy", "light", "undetermined")
 
 
 def exceedances(sample: np.ndarray) -> np.ndarray:
@@ -127,21 +158,23 @@ def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> flo
 
 @dataclass(frozen=True)
 class TailVerdict:
-    """Whether a sample's right tail is heavy (heavier than exponential), with the evidence."""
+    """Whether a sample's right tail is heavy (heavier than exponential), light, or undetermined
+    (the calibration supports neither call), with the evidence."""
 
-    heavy: bool
+    verdict: str  # "heavy", "light" or "undetermined" (see the module docstring)
     alpha: float  # tail index, 1 / (1/k-weighted median Hill); a power law's alpha
     alpha_low: float  # 25th and 75th (1/k-weighted) percentiles of alpha(k) over the Hill plot:
     alpha_high: float  # its spread; a power law's plot is flat up to noise ~ alpha / sqrt(k)
     exponential_alpha: float  # what an exponential tail of this size would show
-    z: float  # 1/k-weighted median of z(k); heavy when > Z_HEAVY
+    z: float  # 1/k-weighted median of z(k); heavy when > Z_HEAVY, light when < z_light
+    z_light: float  # the light threshold at this sample size (-inf: no light verdict at this size)
     n: int
     k_min: int
     k_max: int
 
     @property
-    def verdict(self) -> str:
-        return "heavy" if self.heavy else "light"
+    def heavy(self) -> bool:
+        return self.verdict == "heavy"
 
     def explain(self) -> str:
         """One sentence stating the verdict and its evidence."""
@@ -149,12 +182,28 @@ class TailVerdict:
             f"{self.verdict} tail: over k = {self.k_min}..{self.k_max} of {self.n} samples the Hill plot gives "
             f"alpha = {self.alpha:.3g} (interquartile range {self.alpha_low:.3g}-{self.alpha_high:.3g}), against "
             f"{self.exponential_alpha:.3g} for an exponential tail of the same size; its median distance above the "
-            f"exponential's is {self.z:.2f} standard errors (heavy above {Z_HEAVY:g})."
+            f"exponential's is {self.z:.2f} standard errors (heavy above {Z_HEAVY:g}, light below {self.z_light:.3g})."
         )
 
 
+def light_threshold(n: int) -> float:
+    """z below which a tail of a size-n sample is called light: ``LIGHT_CALIBRATION`` interpolated
+    log-linearly in n, its last value beyond it, -inf below its first size (no light verdict)."""
+    sizes, values = zip(*LIGHT_CALIBRATION)
+    if n < sizes[0]:
+        return -math.inf
+    return float(np.interp(math.log10(n), np.log10(sizes), values))
+
+
+def classify(z: float, n: int) -> str:
+    """The verdict for statistic ``z`` on ``n`` samples: heavy, light or undetermined."""
+    if z > Z_HEAVY:
+        return "heavy"
+    return "light" if z < light_threshold(n) else "undetermined"
+
+
 def tail_verdict(sample: np.ndarray) -> TailVerdict:
-    """Heavy or light right tail of a (n,) sample (the rule is in the module docstring)."""
+    """Heavy, light or undetermined right tail of a (n,) sample (the rule is in the module docstring)."""
     sample = np.asarray(sample, dtype=np.float64).ravel()
     plot = hill_estimates(sample)
     ks = plot["k"].to_numpy()
@@ -164,12 +213,13 @@ def tail_verdict(sample: np.ndarray) -> TailVerdict:
     z = _weighted_median(plot["z"].to_numpy(), weights)
     median_hill = _weighted_median(hill, weights)
     return TailVerdict(
-        heavy=z > Z_HEAVY,
+        verdict=classify(z, sample.size),
         alpha=1.0 / median_hill if median_hill > 0 else math.inf,
         alpha_low=_weighted_quantile(alphas, weights, 0.25),
         alpha_high=_weighted_quantile(alphas, weights, 0.75),
         exponential_alpha=1.0 / _weighted_median(plot["exponential_hill"].to_numpy(), weights),
         z=z,
+        z_light=light_threshold(sample.size),
         n=sample.size,
         k_min=int(ks[0]),
         k_max=int(ks[-1]),
@@ -220,12 +270,16 @@ def qq_points(sample: np.ndarray, distribution: Literal["normal", "exponential"]
 
 
 __all__ = [
+    "LIGHT_CALIBRATION",
+    "VERDICTS",
     "Z_HEAVY",
     "TailVerdict",
+    "classify",
     "exceedances",
     "exponential_hill",
     "hill_estimates",
     "hill_range",
+    "light_threshold",
     "qq_points",
     "tail_verdict",
 ]
