@@ -112,8 +112,13 @@ class Circuit:
         return hash((self.graph, tuple(self.members.tolist())))
 
     # ---- JSON ------------------------------------------------------------------------------
-    def to_json(self) -> str:
-        return json.dumps({"graph": self.graph.describe(), "edges": self.edges}, indent=1) + "\n"
+    def to_json(self, provenance: dict | None = None) -> str:
+        """The graph's description and the edges; ``provenance`` (the settings that made the
+        circuit, JSON-able) is stored beside them where given."""
+        data = {"graph": self.graph.describe(), "edges": self.edges}
+        if provenance is not None:
+            data["provenance"] = provenance
+        return json.dumps(data, indent=1) + "\n"
 
     @classmethod
     def from_json(cls, text: str, graph: Graph | None = None) -> "Circuit":
@@ -124,8 +129,8 @@ class Circuit:
             raise ValueError(f"This circuit was saved for a graph {saved.describe()}, not {graph.describe()}.")
         return cls.from_edges(graph or saved, data["edges"])
 
-    def save(self, path: str | Path) -> None:
-        write_text_atomic(path, self.to_json())
+    def save(self, path: str | Path, provenance: dict | None = None) -> None:
+        write_text_atomic(path, self.to_json(provenance))
 
     @classmethod
     def load(cls, path: str | Path, graph: Graph | None = None) -> "Circuit":

@@ -13,12 +13,12 @@ unscheduled, to be run on demand):
       stages:                        # a stage left out is served unscheduled
         discover:
           cron: "0 4 * * 0"          # Sundays at 04:00 ...
-          keys: [tracr-reverse]      # ... for these models / pairs / figures (default: all of them)
+          keys: [tracr-reverse]      # ... for these models / pairs (default: all of them)
 
 The deployments, as Prefect names them:
     circuitflow-pipeline/pipeline    parameters: params_path
     circuitflow-stage/<stage>        parameters: stage (fixed), key, params_path; one per stage
-A stage's cron becomes one schedule per key, each passing its ``key``; the report stage has none.
+A stage's cron becomes one schedule per key, each passing its ``key``; the figure and report stages take none.
 Run one on demand:
 
     prefect deployment run circuitflow-stage/discover --param key=tracr-reverse
@@ -34,16 +34,16 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from circuitflow.config import ConfigError, Params, load_params
+from circuitflow.settings import ScheduleSettings, Settings, SettingsError, load_settings
+from circuitflow.stages import STAGE_NAMES, get_stage
 
 PIPELINE_FLOW = "circuitflow-pipeline"
 STAGE_FLOW = "circuitflow-stage"
-_SECTION_FIELDS = ("timezone", "pipeline", "stages")
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """One cron schedule; ``key`` is the model, pair or figure a stage's scheduled runs take."""
+    """One cron schedule; ``key`` is the model or pair a stage's scheduled runs take."""
 
     cron: str
     key: str | None = None
@@ -63,87 +63,48 @@ class DeploymentSpec:
         return f"{PIPELINE_FLOW if self.stage is None else STAGE_FLOW}/{self.name}"
 
 
-def stage_keys(params: Params, stage: str) -> list[str | None]:
-    """The keys one stage runs for: model names (models), figure names (figure), none (report),
-    pair names (every other stage), in params.yaml's order."""
-    if stage == "models":
-        return list(params.models)
-    if stage == "figure":
-        from circuitflow.pipeline import FIGURES
-
-        return list(FIGURES)
-    if stage == "report":
-        return [None]
-    return list(params.pairs)
-
-
-def _mapping(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where} in params.yaml must be a mapping, not {type(value).__name__}.")
-    return value
-
-
-def _check_cron(cron: Any, timezone: str, where: str) -> str:
+def _check_cron(cron: str, timezone: str, where: str) -> str:
     """Validate with Prefect's own schedule model, so what passes here is what the server accepts."""
     from prefect.client.schemas.schedules import CronSchedule
     from pydantic import ValidationError
 
-    if not isinstance(cron, str):
-        raise ConfigError(f'{where}.cron must be a cron string such as "0 3 * * *", or null.')
     try:
         CronSchedule(cron=cron, timezone=timezone)
     except ValidationError:
-        raise ConfigError(f'{where}.cron {cron!r} is not a valid cron string; write five fields such as "0 3 * * *".') from None
+        raise SettingsError(f'`{where}.cron` {cron!r} is not a valid cron string; write five fields such as "0 3 * * *".') from None
     return cron
 
 
-def _schedules(entry: dict[str, Any], keys: list[str | None], timezone: str, where: str) -> tuple[Schedule, ...]:
-    unknown = sorted(set(entry) - {"cron", "keys"})
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]} is not a deployment setting; use cron and keys.")
-    if entry.get("cron") is None:
-        if entry.get("keys") is not None:
-            raise ConfigError(f"{where}.keys has no effect without {where}.cron; add a cron or remove keys.")
+def _schedules(entry: ScheduleSettings, keys: list[str | None], timezone: str, where: str) -> tuple[Schedule, ...]:
+    if entry.cron is None:
         return ()
-    cron = _check_cron(entry["cron"], timezone, where)
-    chosen = entry.get("keys")
-    if chosen is None:
+    cron = _check_cron(entry.cron, timezone, where)
+    if entry.keys is None:
         return tuple(Schedule(cron, key) for key in keys)
     if keys == [None]:
-        raise ConfigError(f"{where}.keys does not apply: that stage takes no key; remove it.")
-    if not (isinstance(chosen, list) and chosen and all(isinstance(k, str) for k in chosen)):
-        raise ConfigError(f"{where}.keys must be a non-empty list of names, or absent for all of them.")
-    missing = [k for k in chosen if k not in keys]
+        raise SettingsError(f"`{where}.keys` does not apply: that stage takes no key; remove it.")
+    missing = [k for k in entry.keys if k not in keys]
     if missing:
-        raise ConfigError(f"{where}.keys names unknown {missing[0]!r}; known: {', '.join(keys)}.")
-    return tuple(Schedule(cron, key) for key in dict.fromkeys(chosen))
+        raise SettingsError(f"`{where}.keys` names unknown {missing[0]!r}; known: {', '.join(map(str, keys))}.")
+    return tuple(Schedule(cron, key) for key in dict.fromkeys(entry.keys))
 
 
-def deployment_specs(params: Params) -> list[DeploymentSpec]:
-    """The pipeline deployment, then one deployment per stage (in the order of tasks.steps), with the
-    schedules of params.yaml's ``deployments:`` section.  A mistake is a ConfigError naming the fix."""
-    from tasks.steps import STEP_TASKS
-
-    section = _mapping(params.raw.get("deployments"), "deployments")
-    unknown = sorted(set(section) - set(_SECTION_FIELDS))
-    if unknown:
-        raise ConfigError(f"deployments.{unknown[0]} is not a deployments setting; use {', '.join(_SECTION_FIELDS)}.")
-    timezone = section.get("timezone") or "UTC"
+def deployment_specs(settings: Settings) -> list[DeploymentSpec]:
+    """The pipeline deployment, then one deployment per stage of the registry, with the schedules of
+    params.yaml's ``deployments:`` section.  A mistake is a SettingsError naming the fix."""
+    section = settings.deployments
     try:
-        ZoneInfo(str(timezone))
+        ZoneInfo(section.timezone)
     except (ValueError, KeyError, OSError):
-        raise ConfigError(f"deployments.timezone {timezone!r} is not a known time zone; use an IANA name such as UTC or Europe/London.") from None
-    stages = _mapping(section.get("stages"), "deployments.stages")
-    unknown = [s for s in stages if s not in STEP_TASKS]
+        raise SettingsError(f"`deployments.timezone` {section.timezone!r} is not a known time zone; use an IANA name such as UTC or Europe/London.") from None
+    unknown = [s for s in section.stages if s not in STAGE_NAMES]
     if unknown:
-        raise ConfigError(f"deployments.stages.{unknown[0]} is not a stage; stages: {', '.join(STEP_TASKS)}.")
-    specs = [DeploymentSpec("pipeline", None, _schedules(_mapping(section.get("pipeline"), "deployments.pipeline"), [None], timezone, "deployments.pipeline"), timezone)]
-    for stage in STEP_TASKS:
-        where = f"deployments.stages.{stage}"
-        entry = _mapping(stages.get(stage), where)
-        specs.append(DeploymentSpec(stage, stage, _schedules(entry, stage_keys(params, stage), timezone, where), timezone))
+        raise SettingsError(f"`deployments.stages.{unknown[0]}` is not a stage; stages: {', '.join(STAGE_NAMES)}.")
+    specs = [DeploymentSpec("pipeline", None, _schedules(section.pipeline, [None], section.timezone, "deployments.pipeline"), section.timezone)]
+    for name in STAGE_NAMES:
+        entry = section.stages.get(name, ScheduleSettings())
+        keys = get_stage(name).keys(settings)
+        specs.append(DeploymentSpec(name, name, _schedules(entry, keys, section.timezone, f"deployments.stages.{name}"), section.timezone))
     return specs
 
 
@@ -191,10 +152,10 @@ def serve_deployments(params_path: str = "params.yaml") -> None:
     from prefect.settings import PREFECT_API_URL
 
     if not (os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()):
-        raise ConfigError(
+        raise SettingsError(
             "circuitflow serve needs a Prefect server that outlives it: start one with "
             "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api."
         )
-    specs = deployment_specs(load_params(params_path))
+    specs = deployment_specs(load_settings(params_path))
     print(describe(specs), flush=True)
     serve(*to_deployments(specs, params_path), print_starting_message=False)

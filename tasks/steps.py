@@ -1,39 +1,37 @@
-"""Prefect tasks: one per pipeline step, each a thin wrapper that runs the library's step and logs
-it to MLflow.  They take names and the params path, never live models."""
+"""Prefect tasks: one per stage of the registry (``circuitflow.stages.STAGES``), each a thin
+wrapper that runs the stage and logs it to MLflow.  They take names and the params path, never
+live models."""
 
 from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from circuitflow import pipeline
-from circuitflow.config import load_params
+from circuitflow.settings import load_settings
+from circuitflow.stages import STAGES, get_stage
 from tasks.tracking import log_step, mlflow_run
 
 
-def _run_step(stage: str, key: str | None, params_path: str, parent_run: str | None) -> dict[str, float]:
-    import torch
-
-    torch.set_flush_denormal(True)  # per thread: this task's, as circuitflow/__init__.py does for the main one
-    params = load_params(params_path)
-    step = getattr(pipeline, {"models": "build_model"}.get(stage, stage))
-    experiment = params.section("mlflow").get("experiment", "circuitflow")
-    name = f"{stage}@{key}" if key else stage
-    with mlflow_run(name, experiment, tags={"dvc_stage": name}, nested_under=parent_run):
-        result = step(params, key) if key else step(params)
+def run_stage(name: str, key: str | None, params_path: str, parent_run: str | None = None) -> dict[str, float]:
+    """Run stage ``name`` for ``key`` inside an MLflow run (nested under ``parent_run``); its metrics."""
+    settings = load_settings(params_path)
+    stage = get_stage(name)
+    label = stage.label(key)
+    with mlflow_run(label, settings.mlflow.experiment, tags={"dvc_stage": label}, nested_under=parent_run):
+        result = stage.run(settings, key)
         log_step(result.params, result.metrics, result.artifacts, result.curves)
     return result.metrics
 
 
-def _step_task(stage: str):
+def _stage_task(name: str):
     """The Prefect task of one stage: (key, params path, parent MLflow run) -> metrics.
     DVC already skips up-to-date stages, so Prefect's own result caching stays off."""
 
-    def run(key: str | None, params_path: str = "params.yaml", parent_run: str | None = None) -> dict[str, float]:
-        return _run_step(stage, key, params_path, parent_run)
+    def run(key: str | None = None, params_path: str = "params.yaml", parent_run: str | None = None) -> dict[str, float]:
+        return run_stage(name, key, params_path, parent_run)
 
-    run.__name__ = run.__qualname__ = stage
-    return task(name=stage, cache_policy=NO_CACHE)(run)
+    run.__name__ = run.__qualname__ = name.replace("-", "_")
+    return task(name=name, cache_policy=NO_CACHE)(run)
 
 
-STEP_TASKS = {stage: _step_task(stage) for stage in ("models", "generate", "cache", "discover", "evaluate", "figure", "report")}
+STAGE_TASKS = {stage.name: _stage_task(stage.name) for stage in STAGES}

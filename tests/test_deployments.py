@@ -6,6 +6,7 @@ Prefect server, reads them back through the API, and runs the pipeline deploymen
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 
@@ -15,7 +16,8 @@ import pytest
 import yaml
 from project_copy import ROOT, make_project_copy, prefect_server, project_env, stop
 
-from circuitflow.config import ConfigError, load_params
+from circuitflow.settings import SettingsError, load_settings
+from circuitflow.stages import FIGURES, STAGE_NAMES
 from flows.deployments import (
     Schedule,
     deployment_specs,
@@ -23,7 +25,7 @@ from flows.deployments import (
     to_deployments,
 )
 
-STAGES = ["models", "generate", "cache", "discover", "evaluate", "figure", "report"]
+STAGES = list(STAGE_NAMES)
 
 
 def params_with(tmp_path, deployments):
@@ -31,7 +33,7 @@ def params_with(tmp_path, deployments):
     raw["deployments"] = deployments
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return load_params(path)
+    return load_settings(path)
 
 
 def test_schedules_come_from_params_yaml(tmp_path):
@@ -58,32 +60,33 @@ def test_no_section_serves_everything_on_demand(tmp_path):
 
 
 def test_deployments_carry_the_stage_and_each_schedule_its_key(tmp_path):
-    params = params_with(tmp_path, {"stages": {"figure": {"cron": "15 5 * * *"}}, "pipeline": {"cron": "0 3 * * *"}})
+    params = params_with(tmp_path, {"stages": {"figure-roc": {"cron": "15 5 * * *"}, "evaluate": {"cron": "0 4 * * *"}},
+                                    "pipeline": {"cron": "0 3 * * *"}})
     deployments = {d.name: d for d in to_deployments(deployment_specs(params), "params.yaml")}
-    pipeline, figure, report = deployments["pipeline"], deployments["figure"], deployments["report"]
+    pipeline, figure, report = deployments["pipeline"], deployments["figure-roc"], deployments["report"]
     assert pipeline.flow_name == "circuitflow-pipeline" and pipeline.parameters == {"params_path": "params.yaml"}
     assert [(s.schedule.cron, s.schedule.timezone, s.parameters) for s in pipeline.schedules] == [("0 3 * * *", "UTC", {})]
-    assert figure.flow_name == "circuitflow-stage" and figure.parameters == {"stage": "figure", "params_path": "params.yaml"}
-    from circuitflow.pipeline import FIGURES
-
-    assert [s.parameters for s in figure.schedules] == [{"key": name} for name in FIGURES]
+    assert figure.flow_name == "circuitflow-stage" and figure.parameters == {"stage": "figure-roc", "params_path": "params.yaml"}
+    assert [s.parameters for s in figure.schedules] == [{}] and "roc" in FIGURES
+    pairs = yaml.safe_load((ROOT / "params.yaml").read_text())["pairs"]
+    assert [s.parameters for s in deployments["evaluate"].schedules] == [{"key": name} for name in pairs]
     assert report.schedules == [] and report.parameters["stage"] == "report"
 
 
 @pytest.mark.parametrize("section, message", [
-    ({"pipeline": {"cron": "0 3 * *"}}, "deployments.pipeline.cron '0 3 * *' is not a valid cron string"),
-    ({"pipeline": {"cron": 3}}, "deployments.pipeline.cron must be a cron string"),
-    ({"stages": {"discovr": {"cron": "0 3 * * *"}}}, "deployments.stages.discovr is not a stage; stages: models, generate"),
-    ({"stages": {"discover": {"cron": "0 3 * * *", "keys": ["tracr-revrse"]}}}, "deployments.stages.discover.keys names unknown 'tracr-revrse'; known: tracr-reverse, tracr-proportion."),
-    ({"stages": {"report": {"cron": "0 3 * * *", "keys": ["x"]}}}, "deployments.stages.report.keys does not apply"),
-    ({"stages": {"discover": {"keys": ["tracr-reverse"]}}}, "deployments.stages.discover.keys has no effect without"),
-    ({"stages": {"discover": {"crom": "0 3 * * *"}}}, "deployments.stages.discover.crom is not a deployment setting"),
-    ({"timezone": "Mars/Olympus"}, "deployments.timezone 'Mars/Olympus' is not a known time zone"),
-    ({"pipelines": {"cron": "0 3 * * *"}}, "deployments.pipelines is not a deployments setting"),
-    (["pipeline"], "deployments in params.yaml must be a mapping"),
+    ({"pipeline": {"cron": "0 3 * *"}}, "`deployments.pipeline.cron` '0 3 * *' is not a valid cron string"),
+    ({"pipeline": {"cron": 3}}, "`deployments.pipeline.cron` must be a string, got int 3."),
+    ({"stages": {"discovr": {"cron": "0 3 * * *"}}}, "`deployments.stages.discovr` is not a stage; stages: models, generate"),
+    ({"stages": {"discover": {"cron": "0 3 * * *", "keys": ["tracr-revrse"]}}}, "`deployments.stages.discover.keys` names unknown 'tracr-revrse'; known: tracr-reverse, tracr-proportion"),
+    ({"stages": {"report": {"cron": "0 3 * * *", "keys": ["x"]}}}, "`deployments.stages.report.keys` does not apply"),
+    ({"stages": {"discover": {"keys": ["tracr-reverse"]}}}, "`deployments.stages.discover.keys` has no effect without a cron"),
+    ({"stages": {"discover": {"crom": "0 3 * * *"}}}, "`deployments.stages.discover.crom` is not a setting: did you mean `cron`?"),
+    ({"timezone": "Mars/Olympus"}, "`deployments.timezone` 'Mars/Olympus' is not a known time zone"),
+    ({"pipelines": {"cron": "0 3 * * *"}}, "`deployments.pipelines` is not a setting: did you mean `pipeline`?"),
+    (["pipeline"], "`deployments` must be a mapping of settings"),
 ])
 def test_bad_deployment_settings_name_the_fix(tmp_path, section, message):
-    with pytest.raises(ConfigError, match=message.replace("*", r"\*").replace("(", r"\(")):
+    with pytest.raises(SettingsError, match=re.escape(message)):
         deployment_specs(params_with(tmp_path, section))
 
 
@@ -92,7 +95,7 @@ def test_serve_without_a_server_says_how_to_start_one(tmp_path, monkeypatch):
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     params_with(tmp_path, None)
-    with temporary_settings(restore_defaults={PREFECT_API_URL}), pytest.raises(ConfigError, match="needs a Prefect server.*prefect server start"):
+    with temporary_settings(restore_defaults={PREFECT_API_URL}), pytest.raises(SettingsError, match="needs a Prefect server.*prefect server start"):
         serve_deployments(str(tmp_path / "params.yaml"))
 
 

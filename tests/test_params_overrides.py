@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 from params_overrides import leaves, overrides  # noqa: E402
 
-from circuitflow.config import load_params  # noqa: E402
+from circuitflow.settings import load_settings  # noqa: E402
 
 
 def apply(base: dict, flags: list[str]) -> dict:
@@ -32,9 +32,9 @@ def test_the_flags_turn_params_yaml_into_params_full_yaml():
     flags = overrides(base, full)
     assert flags and all(flag == "-S" for flag in flags[::2]) and all(f.startswith("++") for f in flags[1::2])
     assert leaves(apply(base, flags)) == leaves(full)
-    params = load_params(ROOT / "params-full.yaml")  # a valid params file
-    assert params.section("evaluate")["adversarial"]["n_clean"] == 1000
-    assert any(spec["kind"] == "siit" for spec in params.models.values())
+    settings = load_settings(ROOT / "params-full.yaml")  # a valid params file
+    assert settings.evaluate.adversarial.n_clean == 1000
+    assert any(spec.kind == "siit" for spec in settings.models.values())
 
 
 def test_a_key_the_other_file_drops_is_refused():

@@ -88,7 +88,7 @@ def test_unknown_behavior_stops_dvc_repro_with_one_sentence(project):
         result = run(project, "dvc", "repro", check=False)
         assert result.returncode != 0
         output = result.stdout + result.stderr
-        assert "Pair 'tracr-reverse' names unknown behavior 'tracr-revers'; known behaviors: tracr-reverse, tracr-proportion" in output
+        assert "`pairs.tracr-reverse.behavior` is 'tracr-revers', not a behavior: did you mean `tracr-reverse`?" in output
         assert "Traceback" not in output
     finally:
         (root / "params.yaml").write_text(original)

@@ -6,7 +6,7 @@ import torch
 
 from circuitflow.behaviors import get_behavior
 from circuitflow.behaviors.tokenizer import build_word_tokenizer, load_tokenizer, save_tokenizer
-from circuitflow.pipeline import _answer_positions
+from circuitflow.evaluation.worst_case import answer_positions
 
 
 def test_answer_positions_are_the_last_or_the_last_predicted_one(tmp_path):
@@ -14,17 +14,16 @@ def test_answer_positions_are_the_last_or_the_last_predicted_one(tmp_path):
         behavior = get_behavior(name)
         save_tokenizer(build_word_tokenizer(behavior.vocabulary()), tmp_path / name)
         examples = behavior.encode(behavior.make_dataset(5, 0), load_tokenizer(tmp_path / name))
-        assert torch.equal(_answer_positions(examples), torch.full((5,), expected))
+        assert torch.equal(answer_positions(examples), torch.full((5,), expected))
 
 
 def run_slice(tmp_path, monkeypatch, names, edit=None, source="params.yaml"):
     """The pairs ``names`` of ``source`` (params.yaml or params-full.yaml; tiny: a few training steps, the code path, not trained
-    models) through models -> generate -> cache -> discover -> evaluate, every figure and the
-    report, in this process; returns the params."""
+    models) through every stage of the registry, in this process; returns the settings."""
     import yaml
 
-    from circuitflow import pipeline
-    from circuitflow.config import load_params
+    from circuitflow.settings import load_settings
+    from circuitflow.stages import STAGES
     from tests.project_copy import ROOT, only_pairs, tiny_params
 
     params = only_pairs(tiny_params(yaml.safe_load((ROOT / source).read_text())), names)
@@ -32,15 +31,10 @@ def run_slice(tmp_path, monkeypatch, names, edit=None, source="params.yaml"):
         edit(params)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(tmp_path)
-    loaded = load_params("params.yaml")
-    for model in loaded.models:
-        pipeline.build_model(loaded, model)
-    for pair in loaded.pairs:
-        for step in (pipeline.generate, pipeline.cache, pipeline.discover, pipeline.evaluate):
-            step(loaded, pair)
-    for name in pipeline.FIGURES:
-        pipeline.figure(loaded, name)
-    pipeline.report(loaded)
+    loaded = load_settings("params.yaml")
+    for stage in STAGES:  # the registry's order: models, generate, ..., figures, report
+        for key in stage.keys(loaded):
+            stage.run(loaded, key)
     return loaded
 
 

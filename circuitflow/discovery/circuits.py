@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 
 from circuitflow.circuit import Circuit
 from circuitflow.graph import Graph
+from circuitflow.settings import CircuitRule
 
 
 def ranking(scores: torch.Tensor) -> torch.Tensor:
@@ -41,16 +43,31 @@ def top_n_masks(graph: Graph, scores: torch.Tensor, sizes: list[int]) -> torch.T
     return (rank[None, :] < torch.tensor(sizes)[:, None]).float()
 
 
-def smallest_reaching(
-    graph: Graph, scores: torch.Tensor, faithfulness: Callable[[torch.Tensor], torch.Tensor], target: float, sizes: list[int]
-) -> Circuit:
-    """The smallest top-n circuit (n from ``sizes``) whose faithfulness loss is at most ``target``.
+def search_sizes(n_edges: int) -> list[int]:
+    """The circuit sizes searched for the smallest one reaching a target: every size up to 256
+    edges, else 0 and 128 log-spaced sizes up to every edge (both start empty and end full)."""
+    if n_edges <= 256:
+        return list(range(n_edges + 1))
+    return [0, *np.unique(np.round(np.geomspace(1, n_edges, 128)).astype(int)).tolist()]
 
-    faithfulness: (circuit, n_edges) masks -> (circuit,) losses, lower is better.
+
+def cut_circuit(
+    graph: Graph, scores: torch.Tensor, rule: CircuitRule, recovered: Callable[[torch.Tensor], torch.Tensor],
+    truth_size: int | None = None,
+) -> tuple[Circuit, float]:
+    """The circuit a method's scores give under ``rule``, and the fraction of the model's score it recovers.
+
+    ``rule.size``: an integer (the top-n edges), or ``ground_truth``: the known circuit's size
+    (``truth_size``) where there is one, so methods are compared at equal size; otherwise the
+    smallest top-n circuit whose recovered fraction reaches ``rule.recovered``.
+    recovered: (circuit, n_edges) masks, the first empty and the last full -> (circuit,) fractions
+    of the model's score recovered, 0 for the empty circuit and 1 for the model.
     """
-    sizes = sorted(sizes)
-    losses = faithfulness(top_n_masks(graph, scores, sizes))
-    for size, loss in zip(sizes, losses.tolist()):
-        if loss <= target:
-            return top_n(graph, scores, size)
-    raise ValueError(f"No circuit of up to {sizes[-1]} edges reaches faithfulness {target}; raise the target or the sizes.")
+    size = truth_size if rule.size == "ground_truth" else rule.size
+    sizes = search_sizes(graph.n_edges) if size is None else [0, size, graph.n_edges]
+    fractions = recovered(top_n_masks(graph, scores, sizes)).tolist()
+    if size is not None:
+        return top_n(graph, scores, size), float(fractions[1])
+    reaching = [n for n, fraction in zip(sizes, fractions) if fraction >= rule.recovered]
+    n_keep = reaching[0] if reaching else graph.n_edges
+    return top_n(graph, scores, n_keep), float(fractions[sizes.index(n_keep)])

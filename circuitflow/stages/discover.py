@@ -1,0 +1,71 @@
+"""The discover stage: every method's per-edge scores (scores.parquet, one column per method,
+higher = more important), the circuit each gives (``<method>_circuit.json``, cut by
+``discover.circuit``), and for ``positional: true`` pairs the positional EAP-IG scores."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from circuitflow.discovery import discover_scores, positional_eap_ig_scores
+from circuitflow.discovery.circuits import cut_circuit
+from circuitflow.evaluation.faithfulness import per_example_scores
+from circuitflow.io import write_json_atomic
+from circuitflow.settings import Settings
+from circuitflow.stages import StepResult
+from circuitflow.stages.artefacts import write_parquet
+from circuitflow.stages.inputs import PairInputs, load_pair
+
+
+def recovered_fraction(inputs: PairInputs):
+    """masks (circuit, n_edges), the first empty and the last full -> (circuit,) fraction of the
+    model's score each recovers: (S(empty) - S(C)) / (S(empty) - S(model)), S the mean score."""
+
+    def recovered(masks: torch.Tensor) -> torch.Tensor:
+        means = per_example_scores(inputs.loaded.model, inputs.loaded.graph, inputs.clean, inputs.ablated, masks,
+                                   inputs.example_score(), batch_size=inputs.pair.batch_size).mean(-1)
+        gap = means[0] - means[-1]
+        return (means[0] - means) / gap if abs(float(gap)) > 1e-12 else torch.ones_like(means)
+
+    return recovered
+
+
+def provenance(settings: Settings, inputs: PairInputs, method: str | None = None) -> dict:
+    """What made an artefact: the graph, the pair and the discovery settings (no commit, no time:
+    the bytes depend on the params and the code only)."""
+    discover = settings.discover
+    methods = settings.methods if method is None else (method,)
+    return {"graph": inputs.loaded.graph.describe(), "pair": _plain(inputs.pair),
+            "discover": {m: _plain(discover.method(m)) for m in methods}, "circuit": _plain(discover.circuit)}
+
+
+def _plain(settings_object) -> dict:
+    return {k: (v.value if hasattr(v, "value") else list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(settings_object).items()}
+
+
+def run(settings: Settings, name: str, out: Path) -> StepResult:
+    inputs = load_pair(settings, name)
+    task, graph = inputs.task, inputs.loaded.graph
+    truth = inputs.ground_truth
+    result = StepResult(params={"ablation": inputs.pair.ablation.value, "methods": list(settings.methods)})
+    columns = {"edge": list(graph.edge_names)}
+    for method in settings.methods:
+        scores = discover_scores(method, task, settings.discover.method(method), progress=True)
+        columns[method] = scores.tolist()
+        circuit, recovered = cut_circuit(graph, scores, settings.discover.circuit, recovered_fraction(inputs),
+                                         None if truth is None else len(truth))
+        circuit.save(out / f"{method}_circuit.json", provenance=provenance(settings, inputs, method))
+        result.metrics[f"{method}_circuit_edges"] = len(circuit)
+        result.metrics[f"{method}_circuit_recovered"] = recovered
+    write_parquet(out / "scores.parquet", pl.DataFrame(columns), provenance(settings, inputs))
+    write_json_atomic(out / "circuits.json", result.metrics)  # each saved circuit's size and recovered fraction
+    if inputs.pair.positional:
+        positional, scores = positional_eap_ig_scores(task, settings.discover.eap_ig, progress=True)
+        edges, positions = zip(*(edge.rsplit(" @ ", 1) for edge in positional.edge_names))
+        write_parquet(out / "positional_scores.parquet", pl.DataFrame(
+            {"edge": list(edges), "position": [int(p) for p in positions], "score": scores.tolist()}))
+    return result

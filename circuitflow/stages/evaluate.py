@@ -1,0 +1,131 @@
+"""The evaluate stage: faithfulness against circuit size, ROC/AUC against the ground truth where it
+is known, Shi et al.'s hypothesis tests and the adversarial evaluation, with ``metrics.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from circuitflow.circuit import Circuit
+from circuitflow.discovery.circuits import top_n_masks
+from circuitflow.evaluation.faithfulness import faithfulness_loss, per_example_scores
+from circuitflow.evaluation.hypothesis_suite import empty_outputs, run_suite
+from circuitflow.evaluation.hypothesis_tests import circuit_evaluator
+from circuitflow.evaluation.roc import (
+    auc_pessimistic,
+    auc_trapezoid,
+    node_truth_and_scores,
+    roc_points,
+)
+from circuitflow.evaluation.worst_case import evaluate_adversarially
+from circuitflow.io import write_json_atomic
+from circuitflow.settings import Settings
+from circuitflow.stages import StepResult
+from circuitflow.stages.artefacts import (
+    discover_dir,
+    load_dataset,
+    read_parquet,
+    write_parquet,
+)
+from circuitflow.stages.inputs import PairInputs, load_pair
+
+
+def curve_sizes(n_edges: int, n_points: int) -> list[int]:
+    """Circuit sizes for the faithfulness curve: 0, then log-spaced up to every edge."""
+    return [0, *np.unique(np.round(np.geomspace(1, n_edges, n_points)).astype(int)).tolist()]
+
+
+def saved_circuits(settings: Settings, inputs: PairInputs) -> dict[str, Circuit]:
+    """The ground truth (where known) and each method's saved circuit, by name."""
+    graph = inputs.loaded.graph
+    circuits = {m: Circuit.load(discover_dir(inputs.pair.name) / f"{m}_circuit.json", graph) for m in settings.methods}
+    truth = inputs.ground_truth_circuit()
+    return circuits if truth is None else {"ground_truth": truth, **circuits}
+
+
+def circuit_under_test(settings: Settings, inputs: PairInputs) -> str:
+    """The circuit the sweeps and the adversarial evaluation judge: the ground truth where the model
+    has one, else the method named by ``evaluate.circuit`` (default: the first method)."""
+    if inputs.ground_truth is not None:
+        return "ground_truth"
+    return settings.evaluate.circuit or settings.methods[0]
+
+
+def _curves_and_roc(settings: Settings, inputs: PairInputs, result: StepResult) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Faithfulness of each method's top-n circuits, and its edge / node ROC against the ground truth."""
+    graph, truth = inputs.loaded.graph, inputs.ground_truth
+    scores = read_parquet(discover_dir(inputs.pair.name) / "scores.parquet", f"discover@{inputs.pair.name}")
+    sizes = curve_sizes(graph.n_edges, settings.evaluate.faithfulness_points)
+    model_scores = inputs.model_scores()
+    curves, rocs = [], []
+    for method in settings.methods:
+        edge_scores = torch.tensor(scores[method].to_numpy())
+        circuit_scores = per_example_scores(inputs.loaded.model, graph, inputs.clean, inputs.ablated, top_n_masks(graph, edge_scores, sizes),
+                                            inputs.example_score(), batch_size=inputs.pair.batch_size)
+        curves.append(pl.DataFrame({"method": method, "n_edges": sizes, "faithfulness": faithfulness_loss(circuit_scores, model_scores).tolist()}))
+        if truth is not None:
+            members = Circuit.from_edges(graph, truth).members.numpy()
+            levels = {"edge": (edge_scores.numpy(), members), "node": node_truth_and_scores(graph, edge_scores.numpy(), truth)}
+            for level, (level_scores, level_truth) in levels.items():
+                points = roc_points(np.asarray(level_scores), np.asarray(level_truth))
+                rocs.append(points.with_columns(pl.lit(method).alias("method"), pl.lit(level).alias("level")))
+                fpr, tpr = points["fpr"].to_numpy(), points["tpr"].to_numpy()
+                result.metrics[f"{method}_{level}_auc_pessimistic"] = float(auc_pessimistic(fpr, tpr))
+                result.metrics[f"{method}_{level}_auc_trapezoid"] = float(auc_trapezoid(fpr, tpr))
+        result.metrics[f"{method}_faithfulness_at_{sizes[len(sizes) // 2]}_edges"] = float(curves[-1]["faithfulness"][len(sizes) // 2])
+    return pl.concat(curves), pl.concat(rocs, how="diagonal") if rocs else pl.DataFrame()
+
+
+def _hypothesis_tests(settings: Settings, inputs: PairInputs, out: Path, result: StepResult) -> None:
+    tests = settings.evaluate.hypothesis_tests
+    outputs = empty_outputs()  # the same files (DVC outs), empty, when the tests are off
+    if tests is not None:
+        evaluate = circuit_evaluator(inputs.loaded.model, inputs.loaded.graph, inputs.clean, inputs.ablated, inputs.example_score(),
+                                     batch_size=inputs.pair.batch_size)
+        circuits = saved_circuits(settings, inputs)
+        if tests.circuits is not None:
+            circuits = {name: circuit for name, circuit in circuits.items() if name in tests.circuits}
+        under_test = circuit_under_test(settings, inputs)
+        outputs, metrics = run_suite(evaluate, circuits, under_test, inputs.model_scores(), tests, inputs.pair.batch_size,
+                                     model=inputs.pair.model, behavior=inputs.pair.behavior)
+        result.metrics.update(metrics)
+    for name, frame in outputs.items():
+        write_parquet(out / f"{name}.parquet", frame)
+
+
+def _adversarial(settings: Settings, inputs: PairInputs, out: Path, result: StepResult) -> None:
+    """Always a directory (a DVC out), with a note where the evaluation does not apply."""
+    adversarial, directory = settings.evaluate.adversarial, out / "adversarial"
+    directory.mkdir()
+    if adversarial is None or inputs.behavior.kl_divergence is None:
+        why = "evaluate.adversarial is null" if adversarial is None else f"{inputs.pair.behavior} has no output distribution to compare (KL)"
+        write_json_atomic(directory / "skipped.json", {"skipped": why})
+        return
+    tested = circuit_under_test(settings, inputs)
+    circuit = saved_circuits(settings, inputs)[tested]
+    tokenizer = inputs.loaded.tokenizer
+    decode = tokenizer.decode if tokenizer is not None else (lambda ids: " ".join(map(str, ids)))
+    groups = None
+    if inputs.behavior.name == "ioi":  # the paper's heatmap: mean KL by IO name and template
+        frame = load_dataset(inputs.pair.name)
+        groups = (frame["io"].to_numpy(), frame["template"].to_numpy())
+    tables, metrics = evaluate_adversarially(inputs.loaded.model, inputs.loaded.graph, circuit, tested, inputs.examples,
+                                             adversarial, directory, decode, groups)
+    result.metrics.update(metrics)
+    for name, frame in tables.items():
+        write_parquet(directory / f"{name}.parquet", frame)
+
+
+def run(settings: Settings, name: str, out: Path) -> StepResult:
+    inputs = load_pair(settings, name)
+    result = StepResult(params={"ablation": inputs.pair.ablation.value})
+    curves, roc = _curves_and_roc(settings, inputs, result)
+    _hypothesis_tests(settings, inputs, out, result)
+    _adversarial(settings, inputs, out, result)
+    write_parquet(out / "faithfulness.parquet", curves)
+    write_parquet(out / "roc.parquet", roc)  # empty without a ground truth, so every pair has the same outputs
+    write_json_atomic(out / "metrics.json", result.metrics)
+    return result

@@ -1,0 +1,48 @@
+"""The figure-hypothesis stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from circuitflow.evaluation.hypothesis_tests import MinimalityResult
+from circuitflow.report.hypothesis_figures import (
+    plot_minimality_effects,
+    plot_random_circuit_curve,
+)
+from circuitflow.settings import HypothesisTestSettings, Settings
+from circuitflow.stages import StepResult
+from circuitflow.stages.artefacts import (
+    evaluate_dir,
+    write_csv,
+)
+
+
+def run(settings: Settings, out: Path) -> StepResult:
+    """Shi et al.'s Table 1 (every pair, circuit and test), the sufficiency / partial-necessity
+    curves over random-circuit size, and the per-edge minimality effects of the circuit under test."""
+
+    tables, metrics = [], {}
+    q_star = (settings.evaluate.hypothesis_tests or HypothesisTestSettings()).q_star
+    for name in settings.pairs:
+        pair_dir = evaluate_dir(name)
+        tests = pl.read_parquet(pair_dir / "hypothesis_tests.parquet")
+        sweep = pl.read_parquet(pair_dir / "random_circuit_sweep.parquet")
+        if tests.is_empty() or sweep.is_empty():  # every circuit was the whole model (see evaluate)
+            continue
+        tables.append(tests.with_columns(pl.lit(name).alias("pair")).select("pair", "model", "behavior", "circuit", "test", "statistic", "p_value", "passes"))
+        circuit = sweep["circuit"][0]
+        plot_random_circuit_curve(sweep, out / f"sufficiency_{name}.png", f"{name}: {circuit} against random circuits", q_star=q_star)
+        for test in ("sufficiency", "partial_necessity"):
+            write_csv(out / "curves" / f"{name}_{test}.csv", sweep.filter(pl.col("test") == test).select("fraction", "fraction_beaten"))
+        effects = pl.read_parquet(pair_dir / "minimality_effects.parquet").filter(pl.col("circuit") == circuit)
+        references = pl.read_parquet(pair_dir / "minimality_references.parquet").filter(pl.col("circuit") == circuit)
+        minimality = MinimalityResult(None, effects, references["delta"].to_numpy(), tuple(references["knocked"].to_list()))
+        plot_minimality_effects(minimality, out / f"minimality_{name}.png", f"{name}: {circuit}, per-edge minimality", q_star=q_star)
+    columns = ("pair", "model", "behavior", "circuit", "test", "statistic", "p_value", "passes")
+    table = pl.concat(tables) if tables else pl.DataFrame(schema=dict.fromkeys(columns, pl.String))
+    write_csv(out / "table.csv", table.with_columns(pl.col("passes").cast(pl.Int8)))
+    for row in table.iter_rows(named=True):
+        metrics[f"{row['pair']}_{row['circuit']}_{row['test']}_passes"] = float(row["passes"])
+    return StepResult(metrics=metrics)

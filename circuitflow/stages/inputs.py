@@ -1,0 +1,80 @@
+"""What the discover and evaluate stages read for one pair: the model, the behavior, its encoded
+examples and the ablation values from the activation cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from circuitflow.behaviors import Behavior, get_behavior
+from circuitflow.circuit import Circuit
+from circuitflow.discovery import DiscoveryTask
+from circuitflow.models import LoadedModel, load_model
+from circuitflow.patching import ablation_values
+from circuitflow.settings import Ablation, PairSettings, Settings
+from circuitflow.stages.artefacts import cache_dir, load_dataset, model_dir
+from circuitflow.store import read_activations
+
+
+@dataclass(frozen=True)
+class PairInputs:
+    pair: PairSettings
+    loaded: LoadedModel
+    behavior: Behavior
+    examples: dict[str, torch.Tensor]  # Behavior.encode's tensors, batch first
+    ablated: torch.Tensor  # (source, n_examples | 1, pos | 1, d_model)
+
+    @property
+    def clean(self) -> torch.Tensor:
+        return self.examples["clean"]
+
+    @property
+    def task(self) -> DiscoveryTask:
+        return DiscoveryTask(self.loaded.model, self.loaded.graph, self.clean, self.ablated, self.behavior, self.examples, self.pair.batch_size)
+
+    @property
+    def ground_truth(self) -> list[str] | None:
+        """The model's known circuit under this pair's ablation (tracr's differ by ablation), or None."""
+        truth = self.loaded.ground_truth
+        if truth is None:
+            return None
+        return truth.get(self.pair.ablation.value, truth["zero"])
+
+    def ground_truth_circuit(self) -> Circuit | None:
+        truth = self.ground_truth
+        return None if truth is None else Circuit.from_edges(self.loaded.graph, truth)
+
+    def example_score(self) -> Any:
+        """The behavior's per-example score in the faithfulness interface:
+        (circuit logits, model logits, example index) -> (batch,), lower is better."""
+        behavior, examples = self.behavior, self.examples
+
+        def score(circuit_logits: torch.Tensor, model_logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            return behavior.score(circuit_logits, model_logits, {k: v[index] for k, v in examples.items()})
+
+        return score
+
+    def model_scores(self) -> torch.Tensor:
+        """The full model's per-example score (n_examples,), float64."""
+        with torch.no_grad():
+            logits = self.loaded.model(self.clean)
+            return self.behavior.score(logits, logits, self.examples).double()
+
+
+def ablation_values_from_cache(ablation: Ablation, directory) -> torch.Tensor:
+    """A pair's ablation values from its activation cache: (source, n_examples | 1, pos | 1, d_model)."""
+    if ablation is Ablation.ZERO:
+        return ablation_values("zero", like=read_activations(directory / "mean.parquet").activations)
+    if ablation is Ablation.MEAN:
+        return read_activations(directory / "mean.parquet").activations
+    return read_activations(directory / "corrupted.parquet").activations
+
+
+def load_pair(settings: Settings, name: str) -> PairInputs:
+    pair = settings.pair(name)
+    loaded = load_model(model_dir(pair.model))
+    behavior = get_behavior(pair.behavior)
+    examples = behavior.encode(load_dataset(name), loaded.tokenizer)
+    return PairInputs(pair, loaded, behavior, examples, ablation_values_from_cache(pair.ablation, cache_dir(name)))

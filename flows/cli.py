@@ -1,0 +1,112 @@
+"""The `circuitflow` command: what every DVC stage runs, and the whole pipeline in one process.
+
+    circuitflow stage models tracr-reverse     one stage run: models takes a model name;
+                                               generate, cache, discover, evaluate a pair name;
+                                               figure-* and report none (circuitflow stage --list)
+    circuitflow run                            the whole DAG as one Prefect flow, no DVC needed
+    circuitflow check                          validate params.yaml and exit
+    circuitflow ui                             open the MLflow UI on localhost
+    circuitflow serve                          serve the pipeline and stage flows as Prefect deployments,
+                                               on params.yaml's cron schedules (needs PREFECT_API_URL)
+
+`--params FILE` goes before or after the command.  Prefect, MLflow and the library's torch code
+are imported only by the commands that use them, so `check` and `--help` answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from circuitflow.settings import SettingsError, load_settings
+from circuitflow.stages import STAGE_NAMES, STAGES, get_stage
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+def _quiet_offline_environment() -> None:
+    """No network at run time: keep every library from phoning home (DESIGN.md stack notes)."""
+    for key, value in {
+        "HF_HUB_OFFLINE": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+    }.items():
+        os.environ.setdefault(key, value)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="circuitflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default=DEFAULT_PARAMS, help=f"the params file (default: {DEFAULT_PARAMS})")
+    # The same option after the command; SUPPRESS keeps it from overwriting one given before.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--params", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True)
+    stage = commands.add_parser("stage", parents=[after], help="run one stage (what each DVC stage runs)")
+    stage.add_argument("stage", choices=STAGE_NAMES, metavar="STAGE", help=f"one of: {', '.join(STAGE_NAMES)}")
+    stage.add_argument("key", nargs="?", help="the model name (models) or pair name (generate ... evaluate)")
+    commands.add_parser("run", parents=[after], help="run the whole pipeline as one Prefect flow")
+    commands.add_parser("check", parents=[after], help="validate params.yaml")
+    ui = commands.add_parser("ui", parents=[after], help="open the MLflow UI on localhost")
+    ui.add_argument("--port", type=int, default=5000)
+    commands.add_parser("serve", parents=[after], help="serve the flows as scheduled Prefect deployments")
+    return parser
+
+
+def _check(params_path: str) -> int:
+    settings = load_settings(params_path)
+    runs = sum(len(stage.keys(settings)) for stage in STAGES)
+    print(f"{params_path}: {len(settings.models)} models, {len(settings.pairs)} pairs, methods {', '.join(settings.methods)}; "
+          f"{runs} stage runs.")
+    return 0
+
+
+def _ui(params_path: str, port: int) -> int:
+    from tasks.tracking import DEFAULT_TRACKING_URI
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    print(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C stops it)")
+    # One web worker and no job runners: the UI answers in seconds instead of about a minute.
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    return subprocess.call(command, env=env)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "check":
+        return _check(args.params)
+    if args.command == "ui":
+        return _ui(args.params, args.port)
+    settings = load_settings(args.params)  # every mistake in params.yaml stops here, before any work
+    if args.command == "stage":
+        get_stage(args.stage).check_key(settings, args.key)
+        from flows.stages import stage_flow  # Prefect only for the commands that run flows
+
+        stage_flow(args.stage, args.key, args.params)
+    elif args.command == "run":
+        from flows.stages import pipeline_flow
+
+        pipeline_flow(args.params)
+    elif args.command == "serve":
+        from flows.deployments import serve_deployments
+
+        serve_deployments(args.params)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet_offline_environment()
+    try:
+        return _dispatch(args)
+    except (ValueError, FileNotFoundError) as error:
+        # A known mistake (bad params, missing artefact, corrupt file): one sentence, no traceback.
+        print(f"circuitflow: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""The stage registry: keys, one-sentence key errors, and stages that write their folder whole
+(a failing stage leaves the previous outputs as they were)."""
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from circuitflow.io import staged
+from circuitflow.settings import SettingsError, load_settings
+from circuitflow.stages import FIGURES, STAGE_NAMES, STAGES, get_stage
+from circuitflow.stages.artefacts import read_provenance, write_parquet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return load_settings("params.yaml")
+
+
+def test_the_registry_runs_in_dag_order_and_knows_its_keys(settings):
+    assert STAGE_NAMES[:5] == ("models", "generate", "cache", "discover", "evaluate") and STAGE_NAMES[-1] == "report"
+    assert set(FIGURES) == {"roc", "faithfulness", "hypothesis", "adversarial", "siit", "positional"}
+    seen = set()
+    for stage in STAGES:
+        assert set(stage.upstream) <= seen, f"{stage.name} runs before its upstream"
+        seen.add(stage.name)
+    assert get_stage("models").keys(settings) == list(settings.models)
+    assert get_stage("evaluate").keys(settings) == list(settings.pairs) and get_stage("report").keys(settings) == [None]
+
+
+@pytest.mark.parametrize("stage, key, message", [
+    ("discover", None, "The discover stage needs a pair name: one of tracr-reverse"),
+    ("discover", "nope", "Unknown pair 'nope'"),
+    ("models", "ioi", "Unknown model 'ioi'"),
+    ("report", "ioi", "The report stage takes no key; drop 'ioi'."),
+    ("figure", None, "Unknown stage 'figure'; stages: models, generate"),
+])
+def test_wrong_keys_are_one_sentence(settings, stage, key, message):
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
+        get_stage(stage).check_key(settings, key)
+
+
+def test_staged_replaces_the_folder_only_when_complete(tmp_path):
+    target = tmp_path / "out"
+    with staged(target) as out:
+        (out / "a.txt").write_text("first")
+    assert (target / "a.txt").read_text() == "first"
+    with pytest.raises(KeyboardInterrupt), staged(target) as out:
+        (out / "a.txt").write_text("half")
+        raise KeyboardInterrupt  # Ctrl-C in the middle of a stage
+    assert (target / "a.txt").read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with staged(target) as out:
+        (out / "b.txt").write_text("second")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # nothing stale survives
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_failing_stage_leaves_the_previous_outputs(settings):
+    generate = get_stage("generate")
+    result = generate.run(settings, "tracr-reverse")
+    assert [p.name for p in result.artifacts] == ["dataset.parquet"]
+    before = digest(Path("data/datasets/tracr-reverse"))
+    pairs = dict(settings.pairs, **{"tracr-reverse": dataclasses.replace(settings.pair("tracr-reverse"), n_examples=10**6)})
+    broken = dataclasses.replace(settings, pairs=pairs)  # more examples than tracr-reverse has inputs
+    with pytest.raises(ValueError):
+        generate.run(broken, "tracr-reverse")
+    assert digest(Path("data/datasets/tracr-reverse")) == before
+    assert sorted(p.name for p in Path("data/datasets").iterdir()) == ["tracr-reverse"]
+
+
+def test_parquet_provenance_round_trips(tmp_path):
+    import polars as pl
+
+    write_parquet(tmp_path / "x.parquet", pl.DataFrame({"a": [1, 2]}), {"graph": {"n_layers": 2}, "settings": {"steps": 5}})
+    assert read_provenance(tmp_path / "x.parquet") == {"graph": {"n_layers": 2}, "settings": {"steps": 5}}
+    assert pl.read_parquet(tmp_path / "x.parquet")["a"].to_list() == [1, 2]
