@@ -18,6 +18,7 @@ from transformer_lens import HookedTransformer
 from tqdm.auto import tqdm
 
 from circuitflow.graph import Graph
+from circuitflow.numerics import flush_denormal
 from circuitflow.patching import run_circuits
 
 # metric(logits (batch, pos, vocab), example indices (batch,)) -> scalar, summed over the batch
@@ -50,5 +51,6 @@ def eap_scores(
         batch_ablated = ablated if ablated.shape[1] == 1 else ablated[:, index]
         logits = run_circuits(model, graph, clean[index], batch_ablated, mask)
         # autograd.grad: only the mask's gradient, nothing accumulated on the model's weights
-        gradient += torch.autograd.grad(metric(logits, index), mask)[0].double()
+        with flush_denormal(graph.is_mamba):  # a Mamba scan's gradients decay into subnormals too
+            gradient += torch.autograd.grad(metric(logits, index), mask)[0].double()
     return -gradient / n_examples

@@ -43,6 +43,7 @@ from transformer_lens import HookedTransformer
 
 from circuitflow.discovery.eap import Metric
 from circuitflow.graph import Graph
+from circuitflow.numerics import flush_denormal
 from circuitflow.patching import (
     check_model,
     patched_forward,
@@ -66,12 +67,13 @@ def _batch_ablated(ablated: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return ablated if ablated.shape[1] == 1 else ablated[:, index]
 
 
-def _mask_gradient(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _mask_gradient(value: torch.Tensor, mask: torch.Tensor, graph: Graph) -> torch.Tensor:
     """d value / d mask, (n_edges,), without filling ``.grad`` of the model's parameters (the
     caller's model is left untouched, and no weight gradients are computed)."""
     if value.dim() != 0:
         raise ValueError(f"The metric must return one number (summed over the batch), got shape {tuple(value.shape)}.")
-    (gradient,) = torch.autograd.grad(value, mask)
+    with flush_denormal(graph.is_mamba):  # a Mamba scan's gradients decay into subnormals too
+        (gradient,) = torch.autograd.grad(value, mask)
     return gradient
 
 
@@ -109,7 +111,7 @@ def eap_ig_activations_scores(
     for index, k in tqdm(work, desc="EAP-IG (activations)", disable=not progress):
         mask = torch.full((graph.n_edges,), k / steps, dtype=model.cfg.dtype, requires_grad=True)
         logits = run_circuits(model, graph, clean[index], _batch_ablated(ablated, index), mask)
-        total += _mask_gradient(metric(logits, index), mask)
+        total += _mask_gradient(metric(logits, index), mask, graph)
     return -total.double() / (n_examples * steps)
 
 
@@ -153,7 +155,7 @@ def eap_ig_inputs_scores(
             shifted = batch_ablated if k == steps else _shifted_ablation(model, graph, tokens, batch_ablated, mask, clean_outputs)
             mask.requires_grad_(True)
             logits = run_circuits(model, graph, tokens, shifted, mask)
-            total += _mask_gradient(metric(logits, index), mask)
+            total += _mask_gradient(metric(logits, index), mask, graph)
             bar.update(len(index))
     bar.close()
     return -total.double() / (n_examples * steps)

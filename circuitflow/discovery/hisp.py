@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from circuitflow.graph import Graph
+from circuitflow.numerics import flush_denormal
 from circuitflow.patching import check_model, run_circuits
 
 # metric(logits (batch, pos, vocab), example indices (batch,)) -> scalar, summed over the batch
@@ -125,7 +126,8 @@ def hisp_node_scores(
         value = metric(logits, torch.tensor([i]))
         if not isinstance(value, Tensor) or value.numel() != 1:
             raise ValueError("The HISP metric must return a scalar tensor (the metric summed over the batch).")
-        (gradient,) = torch.autograd.grad(value.reshape(()), node_mask)
+        with flush_denormal(graph.is_mamba):  # a Mamba scan's gradients decay into subnormals too
+            (gradient,) = torch.autograd.grad(value.reshape(()), node_mask)
         total += gradient.detach().double().abs().cpu()  # |AP_i| = |-gradient|
     importance = total / n_examples
     if normalize:

@@ -36,7 +36,9 @@ from transformer_lens import HookedTransformer
 
 from circuitflow.graph import Graph
 from circuitflow.metrics import positions_kl
+from circuitflow.numerics import flush_denormal
 from circuitflow.patching import run_circuits
+from circuitflow.settings import SpSettings
 
 Level = Literal["edge", "node"]
 LEVELS: tuple[str, ...] = get_args(Level)
@@ -142,12 +144,12 @@ def subnetwork_probing(
     loss: Loss,
     *,
     lam: float,
-    level: Level = "edge",
-    steps: int = 300,
-    lr: float = 0.05,
+    level: Level = SpSettings.level,
+    steps: int = SpSettings.steps,
+    lr: float = SpSettings.lr,
     batch_size: int = 64,
     init: float = 3.0,
-    seed: int = 0,
+    seed: int = SpSettings.seed,
     progress: bool = False,
 ) -> ProbeResult:
     """Train hard-concrete gates so that the masked model matches the full model.
@@ -179,7 +181,8 @@ def subnetwork_probing(
         mask = sample_gates(log_alpha, generator)[gate]
         logits = run_circuits(model, graph, clean[index], batch_ablated, mask)
         objective = loss(logits, targets[index], index).mean() + lam * expected_l0(log_alpha).mean()
-        (gradient,) = torch.autograd.grad(objective, log_alpha)  # no weight gradients: the model stays as it was
+        with flush_denormal(graph.is_mamba):  # a Mamba scan's gradients decay into subnormals too
+            (gradient,) = torch.autograd.grad(objective, log_alpha)  # no weight gradients: the model stays as it was
         log_alpha.grad = gradient
         optimizer.step()
         losses[step] = float(objective.detach())
