@@ -85,12 +85,14 @@ class EdgePruningSettings:
     """Edge pruning (Bhaskar et al. 2024): hard-concrete edge masks trained on the task loss with a
     Lagrangian driving the expected sparsity (fraction of edges removed) to ``target_sparsity``."""
 
-    target_sparsity: float = setting(0.9, low=0, high=0.999999)
+    # Measured on tracr-reverse (zero ablation; tests/test_edge_pruning.py): edge AUROC 0.998-1.0 over
+    # seeds; with lr 0.1 or init 3 the masks overshoot the target and lose true edges for good.
+    target_sparsity: float = setting(0.85, low=0, high=0.999999)
     steps: int = setting(300, low=1)
-    lr: float = setting(0.1, low=1e-12)
-    lambda_lr: float = setting(0.1, low=1e-12)  # the Lagrange multipliers' gradient ascent
+    lr: float = setting(0.02, low=1e-12)
+    lambda_lr: float = setting(0.01, low=1e-12)  # the Lagrange multipliers' gradient ascent
     warmup: float = setting(0.5, low=0, high=1)  # fraction of the steps over which the target rises from 0
-    init: float = 3.0  # every gate's starting log_alpha (3: almost surely open)
+    init: float = 1.0  # every gate's starting log_alpha (1: open, P(gate != 0) = 0.93, still trainable)
     seed: int = setting(0, low=0)
 
 
