@@ -24,7 +24,8 @@ from circuitflow.discovery.eap_ig import eap_ig_inputs_scores
 from circuitflow.graph import Graph
 from circuitflow.io import write_json_atomic
 from circuitflow.models.mamba import MambaCfg, hooked_mamba
-from circuitflow.patching import ablation_values, run_circuits, source_outputs
+from circuitflow.ablation import ablation_values
+from circuitflow.patching import run_circuits, source_outputs
 
 
 def main() -> None:

@@ -30,7 +30,8 @@ from circuitflow.evaluation.random_circuits import random_circuit_masks
 from circuitflow.graph import Graph
 from circuitflow.models import tracr
 from circuitflow.metrics import kl_divergence
-from circuitflow.patching import ablation_values, source_outputs
+from circuitflow.ablation import ablation_values
+from circuitflow.patching import source_outputs
 
 
 def tracr_case(name: str, lengths: tuple[int, ...]):

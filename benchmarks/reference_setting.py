@@ -11,7 +11,8 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuitflow.graph import Graph
-from circuitflow.patching import ablation_values, source_outputs
+from circuitflow.ablation import ablation_values
+from circuitflow.patching import source_outputs
 
 
 def reference_setting() -> tuple[HookedTransformer, Graph, torch.Tensor, torch.Tensor]:

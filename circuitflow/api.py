@@ -48,7 +48,8 @@ from circuitflow.evaluation.faithfulness import per_example_scores
 from circuitflow.graph import Graph
 from circuitflow.io import write_atomic
 from circuitflow.models import LoadedModel, load_model
-from circuitflow.patching import ABLATIONS, ablation_values, source_outputs
+from circuitflow.ablation import ablation_values, as_ablation
+from circuitflow.patching import source_outputs
 
 SIGNED_METHODS = ("eap", "eap-ig")  # signed scores, ranked by their absolute value
 _PROMPTS = "the prompts given to find_circuit"
@@ -178,8 +179,7 @@ def behavior_examples(loaded: LoadedModel, behavior: str | Behavior, n_examples:
 def ablated_values(loaded: LoadedModel, examples: dict[str, torch.Tensor], ablation: str, batch_size: int) -> torch.Tensor:
     """What ablated edges carry, (source, n_examples | 1, pos | 1, d_model): the sources' outputs on
     the corrupted prompts (resample), their mean over examples and positions (mean), or zeros."""
-    if ablation not in ABLATIONS:
-        raise ValueError(f"Unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}.")
+    as_ablation(ablation)  # an unknown one stops here, in one sentence naming the known ones
     corrupted = examples["corrupted"]
     outputs = torch.cat([source_outputs(loaded.model, loaded.graph, corrupted[i : i + batch_size])
                          for i in range(0, corrupted.shape[0], batch_size)], dim=1)

@@ -36,7 +36,6 @@ for Mamba also d_inner (the mixer's width) and d_state (the scan's state per cha
 from __future__ import annotations
 
 import functools
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,10 +43,6 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuitflow.graph import Graph, check_supported
 from circuitflow.numerics import flush_denormal
-
-Ablation = Literal["zero", "mean", "resample"]
-ABLATIONS: tuple[str, ...] = ("zero", "mean", "resample")
-
 
 def check_model(model: HookedTransformer, graph: Graph) -> None:
     """Raise one clear error if ``graph`` is not the graph of ``model`` (a HookedTransformer, or a
@@ -543,37 +538,6 @@ def source_outputs(model: HookedTransformer, graph: Graph, tokens: torch.Tensor)
     return outputs[0].clone()
 
 
-def ablation_values(
-    ablation: Ablation,
-    *,
-    corrupted: torch.Tensor | None = None,
-    reference: torch.Tensor | None = None,
-    per_position: bool = False,
-    like: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """What each source delivers along an ablated edge, (source, batch|1, pos|1, d_model).
-
-    zero:     zeros shaped like ``like`` (any (source, ..., d_model) tensor).
-    mean:     the mean of ``reference`` (source, batch, pos, d_model) over examples, and over
-              positions too unless ``per_position``.
-    resample: ``corrupted`` itself, paired: example i takes corrupted example i's activations.
-    """
-    if ablation == "zero":
-        if like is None:
-            raise ValueError("Zero ablation needs `like`, a tensor of source outputs to take the shape from.")
-        return torch.zeros(like.shape[0], 1, 1, like.shape[-1], dtype=like.dtype, device=like.device)
-    if ablation == "mean":
-        if reference is None:
-            raise ValueError("Mean ablation needs `reference`, the source outputs on a reference dataset.")
-        dims = (1,) if per_position else (1, 2)
-        return reference.mean(dim=dims, keepdim=True)
-    if ablation == "resample":
-        if corrupted is None:
-            raise ValueError("Resample ablation needs `corrupted`, the source outputs on the corrupted inputs.")
-        return corrupted
-    raise ValueError(f"Unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}.")
-
-
 def run_circuits(
     model: HookedTransformer,
     graph: Graph,
@@ -585,7 +549,7 @@ def run_circuits(
 ) -> torch.Tensor:
     """Logits of circuits given as per-edge masks (1 = keep, 0 = ablate; values between interpolate).
 
-    tokens: (batch, pos); ablated: (source, batch|1, pos|1, d_model) from ``ablation_values``;
+    tokens: (batch, pos); ablated: (source, batch|1, pos|1, d_model) from ``ablation.ablation_values``;
     edge_masks: (n_edges,) for one circuit or (circuit, n_edges) for many, stacked along the batch.
     Returns (batch, pos, vocab) for one circuit, else (circuit, batch, pos, vocab).
     Differentiable in ``edge_masks``: its gradient is the attribution-patching score of each edge.

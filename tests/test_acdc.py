@@ -29,7 +29,8 @@ from circuitflow.discovery.circuits import above_threshold
 from circuitflow.evaluation.roc import auc_pessimistic, auc_trapezoid, is_nested, roc_from_circuits, roc_points
 from circuitflow.graph import Graph
 from circuitflow.metrics import kl_divergence
-from circuitflow.patching import ablation_values, run_circuits, source_outputs
+from circuitflow.ablation import ablation_values
+from circuitflow.patching import run_circuits, source_outputs
 
 TAUS = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
 ORDER_SEED = 0  # a model on which the visit order matters (test_the_visit_order_changes_circuits)
@@ -398,7 +399,8 @@ _SCRIPT = textwrap.dedent(
     from conftest import small_model
     from circuitflow.discovery.acdc import acdc_sweep, kl_batches
     from circuitflow.graph import Graph
-    from circuitflow.patching import ablation_values, source_outputs
+    from circuitflow.ablation import ablation_values
+    from circuitflow.patching import source_outputs
     torch.set_num_threads(1)
     model = small_model(seed=7)
     graph = Graph.from_config(model.cfg)

@@ -24,7 +24,8 @@ from circuitflow.behaviors.tokenizer import (
 )
 from circuitflow.discovery.eap import eap_scores
 from circuitflow.graph import Graph
-from circuitflow.patching import ablation_values, run_circuits, source_outputs
+from circuitflow.ablation import ablation_values
+from circuitflow.patching import run_circuits, source_outputs
 
 WORD_BEHAVIORS = ("ioi", "greater-than", "docstring", "induction")
 

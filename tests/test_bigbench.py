@@ -23,7 +23,8 @@ from circuitflow.discovery import DiscoveryTask, discover_scores
 from circuitflow.graph import Graph
 from circuitflow.io import write_json_atomic, write_text_atomic
 from circuitflow.models.organisms import hooked_config
-from circuitflow.patching import ablation_values, source_outputs
+from circuitflow.ablation import ablation_values
+from circuitflow.patching import source_outputs
 from circuitflow.stages.artefacts import write_parquet
 
 # multiple choice, BIG-bench's defaults (prefixes "\nQ: " / "\nA: ", choices appended), inputs of 3 to 8 words

@@ -6,7 +6,8 @@ import torch
 from circuitflow.discovery.circuits import above_threshold, ranking, top_n, top_n_masks
 from circuitflow.discovery.eap import eap_scores
 from circuitflow.graph import Graph
-from circuitflow.patching import ablation_values, source_outputs
+from circuitflow.ablation import ablation_values
+from circuitflow.patching import source_outputs
 
 
 def plain_autograd_eap(model, graph: Graph, clean, corrupted, metric) -> dict[str, float]:

@@ -11,7 +11,8 @@ from circuitflow.discovery.eap_ig import (
     input_edges,
 )
 from circuitflow.graph import Graph
-from circuitflow.patching import ablation_values, run_circuits, source_outputs
+from circuitflow.ablation import ablation_values
+from circuitflow.patching import run_circuits, source_outputs
 
 VARIANTS = {"inputs": eap_ig_inputs_scores, "activations": eap_ig_activations_scores}
 

@@ -10,7 +10,8 @@ from circuitflow.circuit import Circuit
 from circuitflow.discovery.eap import eap_scores
 from circuitflow.discovery.hisp import hisp_edge_scores, hisp_node_scores, hisp_scores
 from circuitflow.graph import Graph
-from circuitflow.patching import ablation_values, source_outputs
+from circuitflow.ablation import ablation_values
+from circuitflow.patching import source_outputs
 
 
 def logit_difference(logits, index):

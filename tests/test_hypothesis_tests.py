@@ -18,7 +18,7 @@ from circuitflow.evaluation.random_circuits import inflate, random_circuit_masks
 from circuitflow.graph import Graph
 from circuitflow.io import write_atomic
 from circuitflow.models import tracr
-from circuitflow.patching import ablation_values
+from circuitflow.ablation import ablation_values
 from circuitflow.report.hypothesis_figures import plot_minimality_effects, plot_random_circuit_curve
 
 

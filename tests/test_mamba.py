@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from circuitflow.ablation import ablation_values
 from circuitflow.circuit import Circuit
 from circuitflow.discovery.acdc import acdc_scores
 from circuitflow.discovery.eap import eap_scores
@@ -18,7 +19,6 @@ from circuitflow.models import MODEL_KINDS
 from circuitflow.models import mamba as mamba_kind
 from circuitflow.metrics import kl_divergence
 from circuitflow.patching import (
-    ablation_values,
     check_model,
     run_circuits,
     run_circuits_from,

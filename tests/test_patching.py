@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from circuitflow.ablation import ablation_values
 from circuitflow.circuit import Circuit
 from circuitflow.graph import Graph
 from circuitflow.patching import (
-    ablation_values,
     run_circuits,
     run_circuits_from,
     source_outputs,

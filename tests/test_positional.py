@@ -12,7 +12,8 @@ from circuitflow.discovery.eap_ig import eap_ig_inputs_scores
 from circuitflow.graph import Graph
 from circuitflow.models import siit
 from circuitflow.behaviors.siit_cases import CASES
-from circuitflow.patching import ablation_values, source_outputs
+from circuitflow.ablation import ablation_values
+from circuitflow.patching import source_outputs
 from circuitflow.report.positional_figures import layer_importance, node_layer, plot_layer_importance, plot_positional_heatmap
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

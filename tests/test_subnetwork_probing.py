@@ -27,7 +27,8 @@ from circuitflow.evaluation.roc import (
 )
 from circuitflow.graph import Graph
 from circuitflow.models import tracr
-from circuitflow.patching import ablation_values, source_outputs
+from circuitflow.ablation import ablation_values
+from circuitflow.patching import source_outputs
 
 
 # ---- the gate ------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import torch
 from circuitflow.behaviors import tracr as behaviors
 from circuitflow.graph import Graph
 from circuitflow.models import tracr
-from circuitflow.patching import ablation_values, run_circuits, source_outputs
+from circuitflow.ablation import ablation_values
+from circuitflow.patching import run_circuits, source_outputs
 
 N_INPUTS = {"reverse": 363, "frac_prevs": 1364}
 BEHAVIOR = {"reverse": "reverse", "frac_prevs": "proportion"}

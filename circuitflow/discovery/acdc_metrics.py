@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from circuitflow.ablation import select_examples
 from circuitflow.graph import Graph
 from circuitflow.metrics import kl_divergence
 from circuitflow.patching import check_model, run_circuits
@@ -124,7 +125,7 @@ def _split(
     out = []
     for start in range(0, n_examples, batch_size):
         rows = slice(start, min(start + batch_size, n_examples))
-        batch_ablated = ablated if ablated.shape[1] == 1 else ablated[:, rows]
+        batch_ablated = select_examples(ablated, rows)
         with torch.no_grad():
             model_logits = run_circuits(model, graph, tokens[rows], batch_ablated, full)
         out.append((rows, tokens[rows], batch_ablated, model_logits))

@@ -17,6 +17,7 @@ import torch
 from transformer_lens import HookedTransformer
 from tqdm.auto import tqdm
 
+from circuitflow.ablation import select_examples
 from circuitflow.graph import Graph
 from circuitflow.numerics import flush_denormal
 from circuitflow.patching import run_circuits
@@ -48,7 +49,7 @@ def eap_scores(
     starts = range(0, n_examples, batch_size)
     for start in tqdm(starts, desc="EAP", disable=not progress):
         index = torch.arange(start, min(start + batch_size, n_examples))
-        batch_ablated = ablated if ablated.shape[1] == 1 else ablated[:, index]
+        batch_ablated = select_examples(ablated, index)
         logits = run_circuits(model, graph, clean[index], batch_ablated, mask)
         # autograd.grad: only the mask's gradient, nothing accumulated on the model's weights
         with flush_denormal(graph.is_mamba):  # a Mamba scan's gradients decay into subnormals too

@@ -41,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from circuitflow.ablation import select_examples
 from circuitflow.discovery.eap import Metric
 from circuitflow.graph import Graph
 from circuitflow.numerics import flush_denormal
@@ -61,10 +62,6 @@ def _batches(n_examples: int, batch_size: int) -> list[torch.Tensor]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     return [torch.arange(start, min(start + batch_size, n_examples)) for start in range(0, n_examples, batch_size)]
-
-
-def _batch_ablated(ablated: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return ablated if ablated.shape[1] == 1 else ablated[:, index]
 
 
 def _mask_gradient(value: torch.Tensor, mask: torch.Tensor, graph: Graph) -> torch.Tensor:
@@ -110,7 +107,7 @@ def eap_ig_activations_scores(
     work = [(index, k) for index in _batches(n_examples, batch_size) for k in range(1, steps + 1)]
     for index, k in tqdm(work, desc="EAP-IG (activations)", disable=not progress):
         mask = torch.full((graph.n_edges,), k / steps, dtype=model.cfg.dtype, requires_grad=True)
-        logits = run_circuits(model, graph, clean[index], _batch_ablated(ablated, index), mask)
+        logits = run_circuits(model, graph, clean[index], select_examples(ablated, index), mask)
         total += _mask_gradient(metric(logits, index), mask, graph)
     return -total.double() / (n_examples * steps)
 
@@ -146,7 +143,7 @@ def eap_ig_inputs_scores(
     total = torch.zeros(graph.n_edges, dtype=dtype)
     bar = tqdm(total=n_examples * steps, desc="EAP-IG (inputs)", disable=not progress)
     for index in _batches(n_examples, batch_size):
-        tokens, batch_ablated = clean[index], _batch_ablated(ablated, index).to(dtype)
+        tokens, batch_ablated = clean[index], select_examples(ablated, index).to(dtype)
         clean_outputs = source_outputs(model, graph, tokens) if steps > 1 else None
         for k in range(1, steps + 1):
             mask = torch.ones(graph.n_edges, dtype=dtype)

@@ -38,6 +38,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from circuitflow.ablation import select_examples
 from circuitflow.graph import Graph
 from circuitflow.numerics import flush_denormal
 from circuitflow.patching import check_model, run_circuits
@@ -113,7 +114,7 @@ def hisp_node_scores(
     if ablated.dim() != 4 or ablated.shape[0] != graph.n_sources or ablated.shape[1] not in (1, n_examples):
         raise ValueError(
             f"ablated must be (source={graph.n_sources}, n_examples={n_examples} or 1, pos or 1, d_model), "
-            f"got {tuple(ablated.shape)}; build it with patching.ablation_values."
+            f"got {tuple(ablated.shape)}; build it with ablation.ablation_values."
         )
     source = _masked_source(graph)
     constant = torch.ones(1, dtype=model.cfg.dtype, device=clean.device)  # q/k/v direct edges: never masked
@@ -121,7 +122,7 @@ def hisp_node_scores(
     for i in tqdm(range(n_examples), desc="HISP", disable=not progress):
         node_mask = torch.ones(graph.n_sources, dtype=model.cfg.dtype, device=clean.device, requires_grad=True)
         edge_mask = torch.cat([node_mask, constant])[source.to(clean.device)]
-        example_ablated = ablated if ablated.shape[1] == 1 else ablated[:, i : i + 1]
+        example_ablated = select_examples(ablated, slice(i, i + 1))
         logits = run_circuits(model, graph, clean[i : i + 1], example_ablated, edge_mask)
         value = metric(logits, torch.tensor([i]))
         if not isinstance(value, Tensor) or value.numel() != 1:

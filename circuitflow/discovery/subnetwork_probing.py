@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from circuitflow.ablation import select_examples
 from circuitflow.graph import Graph
 from circuitflow.metrics import positions_kl
 from circuitflow.numerics import flush_denormal
@@ -177,7 +178,7 @@ def subnetwork_probing(
         if not order:
             order = list(torch.randperm(n_examples, generator=generator).split(batch_size))
         index = order.pop(0)
-        batch_ablated = ablated if ablated.shape[1] == 1 else ablated[:, index]
+        batch_ablated = select_examples(ablated, index)
         mask = sample_gates(log_alpha, generator)[gate]
         logits = run_circuits(model, graph, clean[index], batch_ablated, mask)
         objective = loss(logits, targets[index], index).mean() + lam * expected_l0(log_alpha).mean()

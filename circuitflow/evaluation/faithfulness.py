@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 from transformer_lens import HookedTransformer
 
+from circuitflow.ablation import select_examples
 from circuitflow.graph import Graph
 from circuitflow.patching import run_circuits
 
@@ -39,7 +40,7 @@ def per_example_scores(
     with torch.no_grad():
         for start in range(0, n_examples, batch_size):
             index = torch.arange(start, min(start + batch_size, n_examples))
-            batch_ablated = ablated if ablated.shape[1] == 1 else ablated[:, index]
+            batch_ablated = select_examples(ablated, index)
             model_logits = model(clean[index])
             for first in range(0, masks.shape[0], circuits_per_call):
                 chunk = masks[first : first + circuits_per_call]
