@@ -38,9 +38,10 @@ $(VENV)/.installed: pyproject.toml
 .dvc/plots/offline.html: tools/plots_template.py
 	$(BIN)/python tools/plots_template.py $@
 
-# The default pipeline through DVC, all stages sharing one local Prefect server.
+# The default pipeline: DVC's stale stages run in one warm process and are recorded in DVC
+# (`circuitflow repro`; `dvc repro` gives the same bytes, a process per stage).
 run: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m flows.local_server $(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/circuitflow repro
 
 # The papers' full settings (params-full.yaml) as a DVC experiment on top of params.yaml.
 run-full: setup

@@ -3,6 +3,8 @@
     circuitflow stage models tracr-reverse     one stage run: models takes a model name;
                                                generate, cache, discover, evaluate a pair name;
                                                figure-* and report none (circuitflow stage --list)
+    circuitflow repro                          what `dvc repro` does, in one warm process: the stale
+                                               stages (and what depends on them), then `dvc commit`
     circuitflow run                            the whole DAG as one Prefect flow, no DVC needed
     circuitflow check                          validate params.yaml and exit
     circuitflow ui                             open the MLflow UI on localhost
@@ -20,7 +22,7 @@ import os
 import subprocess
 import sys
 
-from circuitflow.settings import SettingsError, load_settings
+from circuitflow.settings import load_settings
 from circuitflow.stages import STAGE_NAMES, STAGES, get_stage
 
 DEFAULT_PARAMS = "params.yaml"
@@ -48,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     stage = commands.add_parser("stage", parents=[after], help="run one stage (what each DVC stage runs)")
     stage.add_argument("stage", choices=STAGE_NAMES, metavar="STAGE", help=f"one of: {', '.join(STAGE_NAMES)}")
     stage.add_argument("key", nargs="?", help="the model name (models) or pair name (generate ... evaluate)")
+    commands.add_parser("repro", parents=[after], help="bring the stale stages up to date in one process and record them in DVC")
     commands.add_parser("run", parents=[after], help="run the whole pipeline as one Prefect flow")
     commands.add_parser("check", parents=[after], help="validate params.yaml")
     ui = commands.add_parser("ui", parents=[after], help="open the MLflow UI on localhost")
@@ -80,6 +83,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _check(args.params)
     if args.command == "ui":
         return _ui(args.params, args.port)
+    if args.command == "repro":
+        from flows.repro import repro, summary  # DVC only for this command
+
+        repro(args.params)
+        print(summary(load_settings(args.params)))
+        return 0
     settings = load_settings(args.params)  # every mistake in params.yaml stops here, before any work
     if args.command == "stage":
         get_stage(args.stage).check_key(settings, args.key)

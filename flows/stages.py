@@ -20,24 +20,21 @@ def stage_flow(stage: str, key: str | None = None, params_path: str = "params.ya
 
 
 @flow(name="circuitflow-pipeline", log_prints=True)
-def pipeline_flow(params_path: str = "params.yaml") -> dict[str, dict[str, float]]:
-    """The whole DAG in one process, in the registry's order: each keyed run waits for the runs of
-    its upstream stages with the same key (a pair's also for its model), each run over the whole
-    DAG for every run of its upstream stages.  Each stage's MLflow run is nested under one pipeline
-    run; the stages run on the task runner params.yaml's ``prefect:`` section names."""
+def pipeline_flow(params_path: str = "params.yaml", only: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """The whole DAG in one process, in the registry's order (``only``: just these runs, by label,
+    e.g. ``discover@ioi``): each run waits for the runs it reads (``Stage.needs``).  Each stage's
+    MLflow run is nested under one pipeline run; the runs go to the task runner params.yaml's
+    ``prefect:`` section names, so independent pairs run concurrently."""
     settings = load_settings(params_path)
     with mlflow_run("pipeline", settings.mlflow.experiment) as parent, make_task_runner(settings.prefect) as runner:
         futures: dict[tuple[str, str | None], object] = {}
         for stage in STAGES:
             for key in stage.keys(settings):
-                waits = [future for (name, other), future in futures.items()
-                         if name in stage.upstream and (stage.key is None or other == key or _is_model_of(settings, other, key))]
+                if only is not None and stage.label(key) not in only:
+                    continue
+                waits = [future for (name, other), future in futures.items() if stage.needs(settings, key, get_stage(name), other)]
                 # Every run goes through the runner, none inline: MLflow's active run is per
                 # thread, and this thread holds the pipeline run.
                 parameters = {"key": key, "params_path": params_path, "parent_run": parent.info.run_id}
                 futures[(stage.name, key)] = runner.submit(STAGE_TASKS[stage.name], parameters, wait_for=waits)
         return {get_stage(name).label(key): future.result() for (name, key), future in futures.items()}
-
-
-def _is_model_of(settings, model: str | None, pair: str | None) -> bool:
-    return pair in settings.pairs and settings.pairs[pair].model == model

@@ -12,6 +12,9 @@ Registered methods (params.yaml ``discover.methods``; their settings under ``dis
   hisp     head importance scores for pruning (hisp.py), node scores turned into edge scores.
   sp       subnetwork probing (subnetwork_probing.py), a sweep over lambda; score = the largest
            lambda whose run keeps the edge (-inf: none), like ACDC's taus.
+  edge-pruning  edge pruning (edge_pruning.py): hard-concrete edge masks on the task loss, L0 driven
+           to a target sparsity by a Lagrangian; score = the final mask logit.
+  ensemble the listed methods run with their default settings, ranks averaged (ensemble.py).
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
-from circuitflow.discovery.acdc import acdc_scores
+from circuitflow.discovery.acdc import acdc_sweep, loss_batches
 from circuitflow.discovery.eap import eap_scores
 from circuitflow.discovery.eap_ig import eap_ig_activations_scores, eap_ig_inputs_scores
+from circuitflow.discovery.edge_pruning import edge_pruning_scores
+from circuitflow.discovery.ensemble import rank_average
 from circuitflow.discovery.hisp import hisp_scores
 from circuitflow.discovery.subnetwork_probing import subnetwork_probing_sweep
 from circuitflow.graph import Graph
+from circuitflow.settings import AcdcSettings, DiscoverSettings, EapIgSettings, EapSettings, HispSettings, SpSettings, parse
 
 
 @dataclass(frozen=True)
@@ -61,26 +67,40 @@ class DiscoveryTask:
         return compare(circuit_logits, model_logits, self._batch(index))
 
 
-def _acdc(task: DiscoveryTask, settings: dict, progress: bool) -> torch.Tensor:
-    return acdc_scores(task.model, task.graph, task.clean, task.ablated, thresholds=settings["thresholds"],
-                       loss=task.loss, batch_size=task.batch_size, progress=progress)
+@dataclass(frozen=True)
+class Found:
+    """What a method found: per-edge scores, float64 (n_edges,), higher = more important; for a
+    threshold sweep also the thresholds, in the order run, and each one's circuit, ``kept`` bool
+    (n_thresholds, n_edges).  The scores of a sweep are "the largest threshold keeping the edge",
+    which gives back each circuit as ``scores >= t`` only when the sweep is nested
+    (``evaluation.roc.is_nested``): ROC points are therefore taken from ``kept``."""
+
+    scores: torch.Tensor
+    thresholds: tuple[float, ...] = ()
+    kept: torch.Tensor | None = None
 
 
-def _eap(task: DiscoveryTask, settings: dict, progress: bool) -> torch.Tensor:
+def _acdc(task: DiscoveryTask, settings: AcdcSettings, progress: bool) -> Found:
+    batches = loss_batches(task.model, task.graph, task.clean, task.ablated, task.loss, batch_size=task.batch_size)
+    sweep = acdc_sweep(task.model, task.graph, batches, settings.thresholds, progress=progress)
+    return Found(sweep.scores, tuple(sweep.thresholds), sweep.kept)
+
+
+def _eap(task: DiscoveryTask, settings: EapSettings, progress: bool) -> torch.Tensor:
     return eap_scores(task.model, task.graph, task.clean, task.ablated, task.metric, batch_size=task.batch_size, progress=progress).abs()
 
 
-def _signed_eap_ig(task: DiscoveryTask, settings: dict, progress: bool) -> torch.Tensor:
-    scores = eap_ig_inputs_scores if settings["over"] == "inputs" else eap_ig_activations_scores
-    return scores(task.model, task.graph, task.clean, task.ablated, task.metric, steps=settings["steps"],
+def _signed_eap_ig(task: DiscoveryTask, settings: EapIgSettings, progress: bool) -> torch.Tensor:
+    scores = eap_ig_inputs_scores if settings.over == "inputs" else eap_ig_activations_scores
+    return scores(task.model, task.graph, task.clean, task.ablated, task.metric, steps=settings.steps,
                   batch_size=task.batch_size, progress=progress)
 
 
-def _eap_ig(task: DiscoveryTask, settings: dict, progress: bool) -> torch.Tensor:
+def _eap_ig(task: DiscoveryTask, settings: EapIgSettings, progress: bool) -> torch.Tensor:
     return _signed_eap_ig(task, settings, progress).abs()
 
 
-def positional_eap_ig_scores(task: DiscoveryTask, settings: dict | None = None, progress: bool = False) -> tuple[Graph, torch.Tensor]:
+def positional_eap_ig_scores(task: DiscoveryTask, settings: Any = None, progress: bool = False) -> tuple[Graph, torch.Tensor]:
     """Positional EAP-IG (Ensign & Garriga-Alonso 2024): the task's graph with every residual edge
     split by token position, and one signed EAP-IG score per (edge, position), float64 in that
     graph's edge order.  Summed over positions they are the signed non-positional scores."""
@@ -89,60 +109,60 @@ def positional_eap_ig_scores(task: DiscoveryTask, settings: dict | None = None, 
     return graph, scores.to(torch.float64)
 
 
-def _hisp(task: DiscoveryTask, settings: dict, progress: bool) -> torch.Tensor:
-    return hisp_scores(task.model, task.graph, task.clean, task.ablated, task.metric, normalize=settings["normalize"], progress=progress)
+def _hisp(task: DiscoveryTask, settings: HispSettings, progress: bool) -> torch.Tensor:
+    return hisp_scores(task.model, task.graph, task.clean, task.ablated, task.metric, normalize=settings.normalize, progress=progress)
 
 
-def _sp(task: DiscoveryTask, settings: dict, progress: bool) -> torch.Tensor:
+def _sp(task: DiscoveryTask, settings: SpSettings, progress: bool) -> Found:
     runs = subnetwork_probing_sweep(
-        task.model, task.graph, task.clean, task.ablated, task.loss, lams=settings["lambdas"], level=settings["level"],
-        steps=settings["steps"], lr=settings["lr"], batch_size=task.batch_size, seed=settings["seed"], progress=progress,
+        task.model, task.graph, task.clean, task.ablated, task.loss, lams=settings.lambdas, level=settings.level,
+        steps=settings.steps, lr=settings.lr, batch_size=task.batch_size, seed=settings.seed, progress=progress,
     )
     scores = torch.full((task.graph.n_edges,), -math.inf, dtype=torch.float64)
     for run in sorted(runs, key=lambda run: run.lam):  # ascending: the largest lambda keeping an edge is written last
         scores[run.kept] = run.lam
-    return scores
+    return Found(scores, tuple(run.lam for run in runs), torch.stack([run.kept for run in runs]))
 
 
-@dataclass(frozen=True)
-class Method:
-    run: Callable[[DiscoveryTask, dict, bool], torch.Tensor]
-    defaults: dict[str, Any]
-    choices: dict[str, tuple] | None = None  # settings restricted to a few values
+def _edge_pruning(task: DiscoveryTask, settings: Any, progress: bool) -> torch.Tensor:
+    return edge_pruning_scores(task.model, task.graph, task.clean, task.ablated, task.loss, batch_size=task.batch_size,
+                               progress=progress, **dataclasses.asdict(settings))
 
 
-METHODS: dict[str, Method] = {
-    "acdc": Method(_acdc, {"thresholds": [1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0]}),
-    "eap": Method(_eap, {}),
-    "eap-ig": Method(_eap_ig, {"steps": 5, "over": "inputs"}, {"over": ("inputs", "activations")}),
-    "hisp": Method(_hisp, {"normalize": True}, {"normalize": (True, False)}),
-    "sp": Method(_sp, {"lambdas": [0.01, 0.1, 1.0], "level": "edge", "steps": 150, "lr": 0.1, "seed": 0},
-                 {"level": ("edge", "node")}),
+def _ensemble(task: DiscoveryTask, settings: Any, progress: bool) -> torch.Tensor:
+    return rank_average({name: discover_scores(name, task, None, progress) for name in settings.methods})
+
+
+# One function per method of settings.METHODS: (task, the method's settings object, progress) -> scores.
+METHODS: dict[str, Callable[[DiscoveryTask, Any, bool], "torch.Tensor | Found"]] = {
+    "acdc": _acdc, "eap": _eap, "eap-ig": _eap_ig, "hisp": _hisp, "sp": _sp,
+    "edge-pruning": _edge_pruning, "ensemble": _ensemble,
 }
 
 
-def method_settings(name: str, given: dict | None) -> dict[str, Any]:
-    """A method's settings: its defaults overridden by ``given`` (params.yaml ``discover.<name>``);
-    an unknown key or a value outside the allowed choices is a ValueError naming it."""
-    method = METHODS[name]
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(method.defaults))
-    if unknown:
-        allowed = ", ".join(method.defaults) or "none"
-        raise ValueError(f"discover.{name} has unknown setting {unknown[0]!r}; allowed settings: {allowed}.")
-    settings = {**method.defaults, **given}
-    for key, allowed in (method.choices or {}).items():
-        if settings[key] not in allowed:
-            raise ValueError(f"discover.{name}.{key} must be one of {', '.join(map(str, allowed))}, got {settings[key]!r}.")
-    return settings
-
-
-def discover_scores(name: str, task: DiscoveryTask, settings: dict | None = None, progress: bool = False) -> torch.Tensor:
-    """Per-edge scores of method ``name`` (see the module docstring), float64 (n_edges,)."""
+def method_settings(name: str, given: Any = None) -> Any:
+    """Method ``name``'s settings object: ``given`` if it is one, else parsed from a mapping of
+    overrides (params.yaml's ``discover.<name>``; None: the defaults).  An unknown key or a bad
+    value is a SettingsError naming it."""
     if name not in METHODS:
         raise ValueError(f"Unknown discovery method {name!r}; known methods: {', '.join(METHODS)}.")
-    scores = METHODS[name].run(task, method_settings(name, settings), progress)
-    return scores.to(torch.float64)
+    default = DiscoverSettings().method(name)
+    if isinstance(given, type(default)):
+        return given
+    return parse(type(default), given, f"discover.{name}")
 
 
-__all__ = ["METHODS", "DiscoveryTask", "Method", "discover_scores", "eap_scores", "method_settings", "positional_eap_ig_scores"]
+def discover(name: str, task: DiscoveryTask, settings: Any = None, progress: bool = False) -> Found:
+    """Method ``name``'s scores (see the module docstring) and, for a sweep (ACDC's taus, SP's
+    lambdas), each threshold's circuit."""
+    found = METHODS[name](task, method_settings(name, settings), progress)
+    found = found if isinstance(found, Found) else Found(found)
+    return dataclasses.replace(found, scores=found.scores.to(torch.float64))
+
+
+def discover_scores(name: str, task: DiscoveryTask, settings: Any = None, progress: bool = False) -> torch.Tensor:
+    """Per-edge scores of method ``name`` (see the module docstring), float64 (n_edges,)."""
+    return discover(name, task, settings, progress).scores
+
+
+__all__ = ["METHODS", "DiscoveryTask", "Found", "discover", "discover_scores", "eap_scores", "method_settings", "positional_eap_ig_scores"]

@@ -9,8 +9,9 @@ Scores are per-example behavior scores s, LOWER IS BETTER.  Circuits are evaluat
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -22,18 +23,21 @@ from transformer_lens import HookedTransformer
 from circuitflow.circuit import Circuit
 from circuitflow.evaluation.faithfulness import Score, per_example_scores
 from circuitflow.graph import Graph
+from circuitflow.settings import HypothesisTestSettings
 
 # masks (circuit, n_edges) float, 1 keep / 0 ablate -> per-example scores (circuit, n_examples), lower is better
 Evaluate = Callable[[torch.Tensor], torch.Tensor]
 
-EPS = 0.1
-Q_STAR = 0.9
-ALPHA = 0.05
-N_RANDOM = 100
-N_PERMUTATIONS = 1000
-N_REFERENCES = 1000
-SEED = 1
-ATOL = 1e-9
+# The paper's defaults, which live in circuitflow.settings (HypothesisTestSettings).
+_DEFAULTS = HypothesisTestSettings()
+EPS = _DEFAULTS.eps
+Q_STAR = _DEFAULTS.q_star
+ALPHA = _DEFAULTS.alpha
+N_RANDOM = _DEFAULTS.n_random
+N_PERMUTATIONS = _DEFAULTS.n_permutations
+N_REFERENCES = _DEFAULTS.n_references
+SEED = _DEFAULTS.seed
+ATOL = _DEFAULTS.atol
 EFFECTS = ("squared", "mean_difference")  # minimality's knock-out effect size (see idealised_tests.py)
 Effect = Literal["squared", "mean_difference"]
 STATUSES = ("passes", "fails", "not applicable")
@@ -62,7 +66,7 @@ class HypothesisSettings:
     n_references: int = N_REFERENCES
     seed: int = SEED
     atol: float = ATOL
-    effect: Effect = "squared"
+    effect: Effect = _DEFAULTS.effect
 
     def __post_init__(self) -> None:
         if not 0 < self.eps < 0.5:
@@ -81,7 +85,7 @@ class HypothesisSettings:
         check_effect(self.effect)
 
     @classmethod
-    def from_params(cls, params: dict | None) -> "HypothesisSettings":
+    def from_params(cls, params: dict | None) -> HypothesisSettings:
         """Settings from a params.yaml mapping; an unknown key is an error naming the known ones."""
         params = dict(params or {})
         known = [f.name for f in fields(cls)]

@@ -13,9 +13,20 @@ from circuitflow.circuit import Circuit
 from circuitflow.evaluation.hypothesis_tests import (
     Evaluate, HypothesisSettings, partial_necessity_sweep, results_frame, run_hypothesis_tests, sufficiency_sweep,
 )
-from circuitflow.settings import HypothesisTestSettings
+from circuitflow.settings import Ablation, HypothesisTestSettings
 
+# Shi et al. (section 5): zero ablation for induction and the tracr tasks, resample (paired) for the others.
+PAPER_ABLATION = {"induction": Ablation.ZERO, "tracr-reverse": Ablation.ZERO, "tracr-proportion": Ablation.ZERO,
+                  "ioi": Ablation.RESAMPLE, "greater-than": Ablation.RESAMPLE, "docstring": Ablation.RESAMPLE}
 OUTPUTS = ("hypothesis_tests", "minimality_effects", "minimality_references", "random_circuit_sweep")
+
+
+def tests_ablation(settings: HypothesisTestSettings, behavior: str, pair_ablation: Ablation) -> Ablation:
+    """The ablation the tests run under: the paper's for its behaviors (``settings.ablation`` paper),
+    else the pair's."""
+    if settings.ablation == "paper":
+        return PAPER_ABLATION.get(behavior, pair_ablation)
+    return pair_ablation
 
 
 def test_settings(settings: HypothesisTestSettings) -> HypothesisSettings:

@@ -21,6 +21,7 @@ check that the two agree.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,18 +31,51 @@ from typing import Any, ClassVar
 import yaml
 
 from circuitflow.settings.models import (  # noqa: F401  (re-exported: import settings from circuitflow.settings)
-    MODEL_KINDS, CheckpointModel, MambaModel, ModelSettings, OrganismModel, PretrainedModel, SiitModel, TracrModel, field_defaults, parse_model,
+    MODEL_KINDS,
+    CheckpointModel,
+    MambaModel,
+    ModelSettings,
+    OrganismModel,
+    PretrainedModel,
+    SiitModel,
+    TracrModel,
+    field_defaults,
+    parse_model,
 )
 from circuitflow.settings.options import (  # noqa: F401  (re-exported: import settings from circuitflow.settings)
-    Ablation, BEHAVIORS, BEHAVIOR_PREFIXES, MAMBA_BEHAVIORS, METHODS, ORGANISM_BEHAVIORS, TRACR_PROGRAMS,
+    BEHAVIOR_PREFIXES,
+    BEHAVIORS,
+    MAMBA_BEHAVIORS,
+    METHODS,
+    ORGANISM_BEHAVIORS,
+    TRACR_PROGRAMS,
+    Ablation,
 )
 from circuitflow.settings.parsing import (  # noqa: F401  (re-exported: import settings from circuitflow.settings)
-    SettingsError, _closest, parse, setting,
+    SettingsError,
+    _closest,
+    parse,
+    setting,
 )
 from circuitflow.settings.sections import (  # noqa: F401  (re-exported: import settings from circuitflow.settings)
-    AcdcSettings, AdversarialSettings, CircuitRule, DeploymentSettings, DiscoverSettings, EapIgSettings, EapSettings,
-    EdgePruningSettings, EnsembleSettings, EvaluateSettings, HispSettings, HypothesisTestSettings, MlflowSettings,
-    PairSettings, PrefectSettings, ScheduleSettings, SearchSettings, SpSettings,
+    AcdcSettings,
+    AdversarialSettings,
+    CircuitRule,
+    DeploymentSettings,
+    DiscoverSettings,
+    EapIgSettings,
+    EapSettings,
+    EdgePruningSettings,
+    EnsembleSettings,
+    EvaluateSettings,
+    HispSettings,
+    HypothesisTestSettings,
+    MlflowSettings,
+    PairSettings,
+    PrefectSettings,
+    ScheduleSettings,
+    SearchSettings,
+    SpSettings,
 )
 
 
@@ -74,6 +108,12 @@ class Settings:
     @property
     def methods(self) -> tuple[str, ...]:
         return self.discover.methods
+
+
+def as_data(settings_object: Any) -> dict[str, Any]:
+    """A settings object as JSON-able data (enums as their value, tuples as lists), for provenance
+    and MLflow."""
+    return json.loads(json.dumps(dataclasses.asdict(settings_object), default=str))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

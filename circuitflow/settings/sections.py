@@ -151,6 +151,12 @@ class HypothesisTestSettings:
     n_references: int = setting(1000, low=1)
     seed: int = setting(1, low=0)
     atol: float = setting(1e-9, low=0)  # score differences this small are ties
+    # minimality's knock-out effect: the public code's mean of squared per-example changes, or the
+    # change of the mean score (opposite per-example changes cancel)
+    effect: Literal["squared", "mean_difference"] = "squared"
+    # paper: Shi et al.'s ablation per behavior (zero for induction and tracr, resample for IOI,
+    # greater-than and docstring, the pair's for any other); pair: the pair's own ablation
+    ablation: Literal["paper", "pair"] = "paper"
     sweep: tuple[float, ...] | None = None  # random-circuit sizes (fractions); null: 5%, 10%, ..., 100%
     circuits: tuple[str, ...] | None = None  # which circuits to test; null: the ground truth and every method's
 

@@ -85,6 +85,16 @@ class Stage:
         result.artifacts = sorted(path for path in directory.rglob("*") if path.is_file())
         return result
 
+    def needs(self, settings: Settings, key: str | None, other: "Stage", other_key: str | None) -> bool:
+        """Whether this stage's run for ``key`` reads the outputs of ``other``'s run for
+        ``other_key``: ``other`` is upstream, and the runs are for the same pair, for the pair's
+        model, or this stage runs over the whole DAG."""
+        if other.name not in self.upstream:
+            return False
+        if self.key is None or other_key == key and other.key == self.key:
+            return True
+        return other.key == "model" and key in settings.pairs and settings.pairs[key].model == other_key
+
     def label(self, key: str | None) -> str:
         """``discover@ioi`` for a keyed run, the stage's name otherwise (DVC's and MLflow's names)."""
         return f"{self.name}@{key}" if key else self.name

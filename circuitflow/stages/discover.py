@@ -1,20 +1,20 @@
 """The discover stage: every method's per-edge scores (scores.parquet, one column per method,
 higher = more important), the circuit each gives (``<method>_circuit.json``, cut by
-``discover.circuit``), and for ``positional: true`` pairs the positional EAP-IG scores."""
+``discover.circuit``), each threshold sweep's circuits (sweeps.parquet: method, threshold, kept),
+and for ``positional: true`` pairs the positional EAP-IG scores."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import polars as pl
 import torch
 
-from circuitflow.discovery import discover_scores, positional_eap_ig_scores
+from circuitflow.discovery import discover, positional_eap_ig_scores
 from circuitflow.discovery.circuits import cut_circuit
 from circuitflow.evaluation.faithfulness import per_example_scores
 from circuitflow.io import write_json_atomic
-from circuitflow.settings import Settings
+from circuitflow.settings import Settings, as_data
 from circuitflow.stages import StepResult
 from circuitflow.stages.artefacts import write_parquet
 from circuitflow.stages.inputs import PairInputs, load_pair
@@ -38,30 +38,30 @@ def provenance(settings: Settings, inputs: PairInputs, method: str | None = None
     the bytes depend on the params and the code only)."""
     discover = settings.discover
     methods = settings.methods if method is None else (method,)
-    return {"graph": inputs.loaded.graph.describe(), "pair": _plain(inputs.pair),
-            "discover": {m: _plain(discover.method(m)) for m in methods}, "circuit": _plain(discover.circuit)}
-
-
-def _plain(settings_object) -> dict:
-    return {k: (v.value if hasattr(v, "value") else list(v) if isinstance(v, tuple) else v)
-            for k, v in dataclasses.asdict(settings_object).items()}
+    return {"graph": inputs.loaded.graph.describe(), "pair": as_data(inputs.pair),
+            "discover": {m: as_data(discover.method(m)) for m in methods}, "circuit": as_data(discover.circuit)}
 
 
 def run(settings: Settings, name: str, out: Path) -> StepResult:
     inputs = load_pair(settings, name)
     task, graph = inputs.task, inputs.loaded.graph
     truth = inputs.ground_truth
-    result = StepResult(params={"ablation": inputs.pair.ablation.value, "methods": list(settings.methods)})
-    columns = {"edge": list(graph.edge_names)}
+    made = provenance(settings, inputs)
+    result = StepResult(params={"methods": list(settings.methods), "pair": made["pair"], "discover": made["discover"], "circuit": made["circuit"]})
+    columns, sweeps = {"edge": list(graph.edge_names)}, []
     for method in settings.methods:
-        scores = discover_scores(method, task, settings.discover.method(method), progress=True)
+        found = discover(method, task, settings.discover.method(method), progress=True)
+        scores = found.scores
         columns[method] = scores.tolist()
+        if found.kept is not None:  # a threshold sweep: each threshold's own circuit, for its ROC points
+            sweeps.append(pl.DataFrame({"method": method, "threshold": list(found.thresholds), "kept": found.kept.tolist()}))
         circuit, recovered = cut_circuit(graph, scores, settings.discover.circuit, recovered_fraction(inputs),
                                          None if truth is None else len(truth))
         circuit.save(out / f"{method}_circuit.json", provenance=provenance(settings, inputs, method))
         result.metrics[f"{method}_circuit_edges"] = len(circuit)
         result.metrics[f"{method}_circuit_recovered"] = recovered
     write_parquet(out / "scores.parquet", pl.DataFrame(columns), provenance(settings, inputs))
+    write_parquet(out / "sweeps.parquet", pl.concat(sweeps) if sweeps else pl.DataFrame(schema={"method": pl.String, "threshold": pl.Float64, "kept": pl.List(pl.Boolean)}))
     write_json_atomic(out / "circuits.json", result.metrics)  # each saved circuit's size and recovered fraction
     if inputs.pair.positional:
         positional, scores = positional_eap_ig_scores(task, settings.discover.eap_ig, progress=True)

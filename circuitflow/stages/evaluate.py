@@ -9,22 +9,30 @@ import numpy as np
 import polars as pl
 import torch
 
+from circuitflow.ablation import ablation_values_from_cache
 from circuitflow.circuit import Circuit
 from circuitflow.discovery.circuits import top_n_masks
 from circuitflow.evaluation.faithfulness import faithfulness_loss, per_example_scores
-from circuitflow.evaluation.hypothesis_suite import empty_outputs, run_suite
+from circuitflow.evaluation.hypothesis_suite import (
+    empty_outputs,
+    run_suite,
+    tests_ablation,
+)
 from circuitflow.evaluation.hypothesis_tests import circuit_evaluator
 from circuitflow.evaluation.roc import (
     auc_pessimistic,
     auc_trapezoid,
+    is_nested,
     node_truth_and_scores,
     roc_points,
+    roc_points_from_circuits,
 )
 from circuitflow.evaluation.worst_case import evaluate_adversarially
 from circuitflow.io import write_json_atomic
-from circuitflow.settings import Settings
+from circuitflow.settings import Settings, as_data
 from circuitflow.stages import StepResult
 from circuitflow.stages.artefacts import (
+    cache_dir,
     discover_dir,
     load_dataset,
     read_parquet,
@@ -58,6 +66,7 @@ def _curves_and_roc(settings: Settings, inputs: PairInputs, result: StepResult) 
     """Faithfulness of each method's top-n circuits, and its edge / node ROC against the ground truth."""
     graph, truth = inputs.loaded.graph, inputs.ground_truth
     scores = read_parquet(discover_dir(inputs.pair.name) / "scores.parquet", f"discover@{inputs.pair.name}")
+    sweeps = read_parquet(discover_dir(inputs.pair.name) / "sweeps.parquet", f"discover@{inputs.pair.name}")
     sizes = curve_sizes(graph.n_edges, settings.evaluate.faithfulness_points)
     model_scores = inputs.model_scores()
     curves, rocs = [], []
@@ -67,30 +76,47 @@ def _curves_and_roc(settings: Settings, inputs: PairInputs, result: StepResult) 
                                             inputs.example_score(), batch_size=inputs.pair.batch_size)
         curves.append(pl.DataFrame({"method": method, "n_edges": sizes, "faithfulness": faithfulness_loss(circuit_scores, model_scores).tolist()}))
         if truth is not None:
-            members = Circuit.from_edges(graph, truth).members.numpy()
-            levels = {"edge": (edge_scores.numpy(), members), "node": node_truth_and_scores(graph, edge_scores.numpy(), truth)}
-            for level, (level_scores, level_truth) in levels.items():
-                points = roc_points(np.asarray(level_scores), np.asarray(level_truth))
-                rocs.append(points.with_columns(pl.lit(method).alias("method"), pl.lit(level).alias("level")))
-                fpr, tpr = points["fpr"].to_numpy(), points["tpr"].to_numpy()
-                result.metrics[f"{method}_{level}_auc_pessimistic"] = float(auc_pessimistic(fpr, tpr))
-                result.metrics[f"{method}_{level}_auc_trapezoid"] = float(auc_trapezoid(fpr, tpr))
+            rocs += _roc(method, edge_scores.numpy(), graph, truth, sweeps.filter(pl.col("method") == method), result)
         result.metrics[f"{method}_faithfulness_at_{sizes[len(sizes) // 2]}_edges"] = float(curves[-1]["faithfulness"][len(sizes) // 2])
     return pl.concat(curves), pl.concat(rocs, how="diagonal") if rocs else pl.DataFrame()
+
+
+def _roc(method: str, scores: np.ndarray, graph, truth: list[str], sweep: pl.DataFrame, result: StepResult) -> list[pl.DataFrame]:
+    """Edge and node ROC points of one method against the ground truth, with both AUCs in the
+    metrics.  A threshold sweep's edge points are its circuits' own (one per threshold), since
+    "the largest threshold keeping the edge" gives them back only for a nested sweep; whether it
+    was nested is recorded.  Node points come from the scores."""
+    members = Circuit.from_edges(graph, truth).members.numpy()
+    levels = {"edge": (scores, members), "node": node_truth_and_scores(graph, scores, truth)}
+    frames = []
+    for level, (level_scores, level_truth) in levels.items():
+        if level == "edge" and not sweep.is_empty():
+            kept = np.array(sweep["kept"].to_list(), dtype=bool)
+            points, _ = roc_points_from_circuits(kept, level_truth)
+            result.metrics[f"{method}_sweep_nested"] = float(is_nested(kept, sweep["threshold"].to_numpy()))
+        else:
+            points = roc_points(np.asarray(level_scores), np.asarray(level_truth))
+        frames.append(points.with_columns(pl.lit(method).alias("method"), pl.lit(level).alias("level")))
+        fpr, tpr = points["fpr"].to_numpy(), points["tpr"].to_numpy()
+        result.metrics[f"{method}_{level}_auc_pessimistic"] = float(auc_pessimistic(fpr, tpr))
+        result.metrics[f"{method}_{level}_auc_trapezoid"] = float(auc_trapezoid(fpr, tpr))
+    return frames
 
 
 def _hypothesis_tests(settings: Settings, inputs: PairInputs, out: Path, result: StepResult) -> None:
     tests = settings.evaluate.hypothesis_tests
     outputs = empty_outputs()  # the same files (DVC outs), empty, when the tests are off
     if tests is not None:
-        evaluate = circuit_evaluator(inputs.loaded.model, inputs.loaded.graph, inputs.clean, inputs.ablated, inputs.example_score(),
+        ablation = tests_ablation(tests, inputs.pair.behavior, inputs.pair.ablation)
+        ablated = inputs.ablated if ablation == inputs.pair.ablation else ablation_values_from_cache(ablation, cache_dir(inputs.pair.name))
+        evaluate = circuit_evaluator(inputs.loaded.model, inputs.loaded.graph, inputs.clean, ablated, inputs.example_score(),
                                      batch_size=inputs.pair.batch_size)
         circuits = saved_circuits(settings, inputs)
         if tests.circuits is not None:
             circuits = {name: circuit for name, circuit in circuits.items() if name in tests.circuits}
         under_test = circuit_under_test(settings, inputs)
         outputs, metrics = run_suite(evaluate, circuits, under_test, inputs.model_scores(), tests, inputs.pair.batch_size,
-                                     model=inputs.pair.model, behavior=inputs.pair.behavior)
+                                     model=inputs.pair.model, behavior=inputs.pair.behavior, ablation=str(ablation))
         result.metrics.update(metrics)
     for name, frame in outputs.items():
         write_parquet(out / f"{name}.parquet", frame)
@@ -121,7 +147,7 @@ def _adversarial(settings: Settings, inputs: PairInputs, out: Path, result: Step
 
 def run(settings: Settings, name: str, out: Path) -> StepResult:
     inputs = load_pair(settings, name)
-    result = StepResult(params={"ablation": inputs.pair.ablation.value})
+    result = StepResult(params={"pair": as_data(inputs.pair), "evaluate": as_data(settings.evaluate)})
     curves, roc = _curves_and_roc(settings, inputs, result)
     _hypothesis_tests(settings, inputs, out, result)
     _adversarial(settings, inputs, out, result)

@@ -8,14 +8,13 @@ from typing import Any
 
 import torch
 
+from circuitflow.ablation import ablation_values_from_cache
 from circuitflow.behaviors import Behavior, get_behavior
 from circuitflow.circuit import Circuit
 from circuitflow.discovery import DiscoveryTask
 from circuitflow.models import LoadedModel, load_model
-from circuitflow.patching import ablation_values
-from circuitflow.settings import Ablation, PairSettings, Settings
+from circuitflow.settings import PairSettings, Settings
 from circuitflow.stages.artefacts import cache_dir, load_dataset, model_dir
-from circuitflow.store import read_activations
 
 
 @dataclass(frozen=True)
@@ -61,15 +60,6 @@ class PairInputs:
         with torch.no_grad():
             logits = self.loaded.model(self.clean)
             return self.behavior.score(logits, logits, self.examples).double()
-
-
-def ablation_values_from_cache(ablation: Ablation, directory) -> torch.Tensor:
-    """A pair's ablation values from its activation cache: (source, n_examples | 1, pos | 1, d_model)."""
-    if ablation is Ablation.ZERO:
-        return ablation_values("zero", like=read_activations(directory / "mean.parquet").activations)
-    if ablation is Ablation.MEAN:
-        return read_activations(directory / "mean.parquet").activations
-    return read_activations(directory / "corrupted.parquet").activations
 
 
 def load_pair(settings: Settings, name: str) -> PairInputs:

@@ -27,9 +27,13 @@ def _summary_sections() -> list[ReportSection]:
                 ("Saved circuits: edges and fraction of the model's score recovered", read_csv(roc_dir / "circuit_table.csv"))],
     ), ReportSection(
         title="Hypothesis tests (Shi et al.)",
-        text="Equivalence, independence, minimality, sufficiency and partial necessity of each circuit "
-             "(passes = 1). Per pair below: the random-circuit sweeps and per-edge minimality effects.",
-        tables=[("Table 1", read_csv(hypothesis_dir / "table.csv"))],
+        text="Table 1 as in the paper: each circuit (rows) under each test (columns), passes / fails / "
+             "not applicable with the p-value; for the counting tests k (random circuits or references "
+             "beaten) and the ties among them. A test is not applicable where the model's own score has "
+             "no variance (tracr, categorical SIIT: the score compares the model with itself). Per pair "
+             "below: the random-circuit sweeps and per-edge minimality effects.",
+        tables=[("Table 1", read_csv(hypothesis_dir / "table1.csv")),
+                ("Every test in full", read_csv(hypothesis_dir / "table.csv"))],
     )]
     siit_dir = figure_dir("siit")
     if (siit_dir / "auroc_table.csv").exists():
