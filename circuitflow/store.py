@@ -47,6 +47,8 @@ What is checked on read: the footer and page headers (a truncated or garbage fil
 metadata, and that the columns agree with it (row count, list size, dtype, and the source and example
 of every row read). Bit flips inside the float data itself are not detected here; DVC's checksums of
 the artefact cover those.
+
+The format's constants and those checks are ``store_format.py``'s.
 """
 
 from __future__ import annotations
@@ -56,7 +58,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -64,6 +65,22 @@ import pyarrow.parquet as pq
 import torch
 
 from circuitflow.io import write_atomic
+from circuitflow.store_format import (
+    DTYPE_BY_NAME,
+    DTYPES,
+    FIX,
+    FORMAT_VERSION,
+    METADATA_KEY,
+    CacheFileError,
+    check_columns,
+    check_rows,
+    check_sources,
+    corrupt,
+    parse_header,
+    preview,
+    select_examples,
+    select_sources,
+)
 
 __all__ = [
     "ActivationTable",
@@ -73,18 +90,9 @@ __all__ = [
     "write_activations",
 ]
 
-METADATA_KEY = b"circuitflow.activations"
-FORMAT_VERSION = 1
-
 # A source bigger than this is split across row groups: very large row groups read slowly
 # (one huge allocation, no parallel decoding) and cost as much memory again while being read.
 _ROW_GROUP_BYTES = 64 << 20
-
-_DTYPES: dict[torch.dtype, tuple[str, pa.DataType]] = {
-    torch.float32: ("float32", pa.float32()),
-    torch.float64: ("float64", pa.float64()),
-}
-_DTYPE_BY_NAME = {name: (torch_dtype, arrow_type) for torch_dtype, (name, arrow_type) in _DTYPES.items()}
 
 _WRITE_OPTIONS = dict(
     compression="none",
@@ -96,12 +104,6 @@ _WRITE_OPTIONS = dict(
     data_page_size=16 << 20,
     write_batch_size=1 << 20,
 )
-
-_FIX = "delete it and rerun `dvc repro` for the cache stage"
-
-
-class CacheFileError(ValueError):
-    """A file that is not a readable activation cache: truncated, corrupt, or something else."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,7 +133,7 @@ class ActivationTable:
             return self.activations[self._index[source]]
         except KeyError:
             raise KeyError(
-                f"source {source!r} is not in this activation table; it holds {_preview(self.sources)}"
+                f"source {source!r} is not in this activation table; it holds {preview(self.sources)}"
             ) from None
 
 
@@ -160,7 +162,7 @@ def write_activations(
     path = Path(path)
     if not isinstance(activations, torch.Tensor):
         raise TypeError(f"activations must be a torch.Tensor, not {type(activations).__name__}")
-    if activations.dtype not in _DTYPES:
+    if activations.dtype not in DTYPES:
         raise ValueError(
             f"activations have dtype {activations.dtype}; the cache stores float32 or float64, "
             "so convert them first (e.g. `activations.float()`)"
@@ -174,13 +176,13 @@ def write_activations(
     if isinstance(sources, str):
         raise TypeError(f"sources must be a list of source names, not the string {sources!r}")
     sources = list(sources)
-    _check_sources(sources, n_sources)
+    check_sources(sources, n_sources)
     metadata = dict(metadata or {})
     bad = [k for k, v in metadata.items() if not (isinstance(k, str) and isinstance(v, str))]
     if bad:
         raise TypeError(f"metadata must map str to str; entries {bad!r} do not")
 
-    dtype_name, arrow_type = _DTYPES[activations.dtype]
+    dtype_name, arrow_type = DTYPES[activations.dtype]
     header = {
         "dtype": dtype_name,
         "format": FORMAT_VERSION,
@@ -269,7 +271,7 @@ def read_activations(
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except (pa.ArrowException, OSError) as error:
-        message = f"{path} is not a readable activation cache (truncated or corrupt); {_FIX}"
+        message = f"{path} is not a readable activation cache (truncated or corrupt); {FIX}"
         raise CacheFileError(message) from error
 
 
@@ -283,11 +285,11 @@ def _read(path: Path, sources: Sequence[str] | None, examples: Sequence[int] | N
 def _read_open(
     path: Path, parquet: pq.ParquetFile, sources: Sequence[str] | None, examples: Sequence[int] | None
 ) -> ActivationTable:
-    header = _parse_header(path, parquet.schema_arrow.metadata)
+    header = parse_header(path, parquet.schema_arrow.metadata)
     n_sources, batch, pos, d_model = header["shape"]
-    torch_dtype, arrow_type = _DTYPE_BY_NAME[header["dtype"]]
+    torch_dtype, arrow_type = DTYPE_BY_NAME[header["dtype"]]
     all_sources: list[str] = header["sources"]
-    _check_columns(path, parquet, header, arrow_type)
+    check_columns(path, parquet, header, arrow_type)
 
     if sources is None:
         source_ids = np.arange(n_sources, dtype=np.int64)
@@ -296,11 +298,11 @@ def _read_open(
         if isinstance(sources, str):
             raise TypeError(f"sources must be a list of source names, not the string {sources!r}")
         sources = list(sources)
-        source_ids = _select_sources(path, sources, all_sources)
+        source_ids = select_sources(path, sources, all_sources)
     if examples is None:
         example_ids = np.arange(batch, dtype=np.int64)
     else:
-        example_ids = _select_examples(path, examples, batch)
+        example_ids = select_examples(path, examples, batch)
 
     # Global rows wanted, in output order, and the row groups that hold them.
     wanted = (source_ids[:, None] * batch + example_ids[None, :]).reshape(-1)
@@ -315,7 +317,7 @@ def _read_open(
         table = parquet.read_row_groups(groups.tolist(), use_threads=True)
         # Global row number of each row of `table`, and the position in `table` of each wanted row.
         read_rows = np.concatenate([np.arange(group_start[g], group_start[g + 1]) for g in groups])
-        _check_rows(path, table, read_rows, batch, all_sources)
+        check_rows(path, table, read_rows, batch, all_sources)
         position = np.searchsorted(read_rows, wanted)
         _copy_rows(path, table.column("activation"), position, out_rows, row_len)
 
@@ -340,7 +342,7 @@ def _copy_rows(
         if hi > lo:
             values = chunk.flatten()  # respects the chunk's offset, unlike `.values`
             if chunk.null_count or values.null_count:
-                _corrupt(path, "it holds null activations")
+                corrupt(path, "it holds null activations")
             rows = values.to_numpy(zero_copy_only=True).reshape(-1, row_len)
             targets = order[lo:hi]
             local = sorted_position[lo:hi] - chunk_start
@@ -354,130 +356,6 @@ def _copy_rows(
 def _is_run(index: np.ndarray) -> bool:
     """Whether ``index`` is ``k, k+1, ..., k+n-1`` (so a slice copy can replace a gather)."""
     return bool(index[-1] - index[0] == len(index) - 1 and np.all(np.diff(index) == 1))
-
-
-# --------------------------------------------------------------------------------------------------
-# validation
-
-
-def _parse_header(path: Path, schema_metadata: dict[bytes, bytes] | None) -> dict:
-    raw = (schema_metadata or {}).get(METADATA_KEY)
-    if raw is None:
-        raise CacheFileError(
-            f"{path} is a Parquet file but not an activation cache (its schema has no "
-            f"{METADATA_KEY.decode()} metadata); write it with circuitflow.store.write_activations "
-            "or rerun `dvc repro` for the cache stage"
-        )
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        _corrupt(path, "its metadata is not valid JSON")
-    if not isinstance(header, dict):
-        _corrupt(path, "its metadata is not a JSON object")
-    if header.get("format") != FORMAT_VERSION:
-        raise CacheFileError(
-            f"{path} is an activation cache in format {header.get('format')!r}, but this circuitflow "
-            f"reads format {FORMAT_VERSION}; {_FIX}"
-        )
-    shape = header.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 4 and all(type(n) is int and n > 0 for n in shape)):
-        _corrupt(path, f"its metadata shape {shape!r} is not four positive integers")
-    if header.get("dtype") not in _DTYPE_BY_NAME:
-        _corrupt(path, f"its metadata dtype {header.get('dtype')!r} is not float32 or float64")
-    names = header.get("sources")
-    if not (
-        isinstance(names, list)
-        and len(names) == shape[0]
-        and all(isinstance(n, str) for n in names)
-        and len(set(names)) == len(names)
-    ):
-        _corrupt(path, f"its metadata does not name {shape[0]} distinct sources")
-    user = header.get("metadata")
-    if not (isinstance(user, dict) and all(isinstance(v, str) for v in user.values())):
-        _corrupt(path, "its user metadata is not a map of strings")
-    return header
-
-
-def _check_columns(path: Path, parquet: pq.ParquetFile, header: dict, arrow_type: pa.DataType) -> None:
-    n_sources, batch, pos, d_model = header["shape"]
-    schema = parquet.schema_arrow
-    if schema.names != ["source", "example", "activation"]:
-        _corrupt(path, f"it has columns {schema.names}, not ['source', 'example', 'activation']")
-    activation = schema.field("activation").type
-    if not (
-        pa.types.is_fixed_size_list(activation)
-        and activation.list_size == pos * d_model
-        and activation.value_type == arrow_type
-    ):
-        _corrupt(
-            path,
-            f"its metadata says shape {header['shape']} and dtype {header['dtype']}, "
-            f"but its activation column is {activation}",
-        )
-    if not (pa.types.is_string(schema.field("source").type) and schema.field("example").type == pa.int32()):
-        _corrupt(path, "its source or example column has the wrong type")
-    if parquet.metadata.num_rows != n_sources * batch:
-        _corrupt(
-            path,
-            f"its metadata says shape {header['shape']} ({n_sources * batch} rows), "
-            f"but it holds {parquet.metadata.num_rows} rows",
-        )
-
-
-def _check_rows(
-    path: Path, table: pa.Table, read_rows: np.ndarray, batch: int, all_sources: list[str]
-) -> None:
-    """Every row read must hold the source and example that its position says (source-major order)."""
-    if table.num_rows != len(read_rows):
-        _corrupt(path, "its row groups hold fewer rows than its footer says")
-    example = table.column("example").to_numpy()
-    expected_source = pa.array(all_sources, type=pa.string()).take(pa.array(read_rows // batch))
-    source = table.column("source")
-    if not (np.array_equal(example, read_rows % batch) and source.equals(pa.chunked_array([expected_source]))):
-        _corrupt(path, "its rows are not in (source, example) order as its metadata says")
-
-
-def _select_sources(path: Path, wanted: list[str], all_sources: list[str]) -> np.ndarray:
-    index = {name: i for i, name in enumerate(all_sources)}
-    missing = [name for name in wanted if name not in index]
-    if missing:
-        raise ValueError(
-            f"sources {missing} are not in activation cache {path}; it holds {_preview(all_sources)}"
-        )
-    if len(set(wanted)) != len(wanted):
-        raise ValueError(f"sources to read from {path} repeat a name: {wanted}")
-    return np.array([index[name] for name in wanted], dtype=np.int64)
-
-
-def _select_examples(path: Path, examples: Sequence[int], batch: int) -> np.ndarray:
-    ids = np.asarray(examples)
-    if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-        raise ValueError(f"examples must be a sequence of integers, got {examples!r}")
-    ids = ids.astype(np.int64)
-    if ids.size and (ids.min() < 0 or ids.max() >= batch):
-        raise ValueError(f"examples must lie in 0..{batch - 1} for activation cache {path}, got {examples!r}")
-    return ids
-
-
-def _check_sources(sources: list[str], n_sources: int) -> None:
-    if len(sources) != n_sources:
-        raise ValueError(f"got {len(sources)} source names for {n_sources} sources (activations' dimension 0)")
-    if not all(isinstance(name, str) and name for name in sources):
-        raise TypeError("source names must be non-empty strings")
-    if len(set(sources)) != len(sources):
-        seen: set[str] = set()
-        repeated = sorted({name for name in sources if name in seen or seen.add(name)})
-        raise ValueError(f"source names must be distinct; repeated: {repeated}")
-
-
-def _corrupt(path: Path, reason: str) -> NoReturn:
-    raise CacheFileError(f"{path} is not a readable activation cache ({reason}); {_FIX}")
-
-
-def _preview(names: list[str], n: int = 5) -> str:
-    shown = ", ".join(repr(name) for name in names[:n])
-    more = f", ... ({len(names)} in all)" if len(names) > n else ""
-    return f"[{shown}{more}]"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -501,7 +379,7 @@ def mean_activations(activations: torch.Tensor, per_position: bool) -> torch.Ten
         raise ValueError(
             f"activations must have shape (source, batch, pos, d_model), got {tuple(activations.shape)}"
         )
-    if activations.dtype not in _DTYPES:
+    if activations.dtype not in DTYPES:
         raise ValueError(f"activations have dtype {activations.dtype}; expected float32 or float64")
     if activations.shape[1] == 0 or activations.shape[2] == 0:
         raise ValueError(

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitflow.ablation import CACHE_FILES, ablation_values, ablation_values_from_cache, as_ablation, select_examples
+from circuitflow.ablation import (
+    CACHE_FILES,
+    ablation_values,
+    ablation_values_from_cache,
+    as_ablation,
+    select_examples,
+)
 from circuitflow.settings import Ablation
 from circuitflow.store import mean_activations, write_activations
 

@@ -2,9 +2,9 @@
 each, the ``mamba`` model kind (REFERENCE.md 9; Ensign & Garriga-Alonso 2024).
 
 ``train_mamba("ioi", {"n_layers": 2, "steps": 200, "lr": 0.01, "seed": 0}, directory)`` trains like a
-transformer organism (``models/organisms.py``: the same word-level tokenizer, training data,
-masked loss, held-out evaluation, learning-rate schedule and ``deterministic_torch``; only the
-network differs) and writes into ``directory``:
+transformer organism (the same word-level tokenizer and training data as ``organisms.py``, the
+same loop, masked loss, held-out evaluation, learning-rate schedule and ``deterministic_torch``
+from ``training.py``; only the network differs) and writes into ``directory``:
     model.safetensors      the state dict
     config.json            {"kind": "mamba", "format", "behavior", "settings" (all of them, defaults
                            filled), "mamba_config" (the MambaCfg fields), "metrics", "versions"}
@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save
 from circuitflow.behaviors import tokenizer as word_tokenizer
 from circuitflow.graph import Graph
 from circuitflow.io import write_atomic, write_json_atomic
-from circuitflow.models import organisms
+from circuitflow.models import organisms, training
 from circuitflow.models.kind import LoadedModel, ModelKind
 from circuitflow.numerics import flush_denormal
 from circuitflow.settings import MAMBA_BEHAVIORS, MambaModel, field_defaults
@@ -113,7 +113,7 @@ def train_mamba(behavior_name: str, settings: dict, directory: str | Path, progr
     n_ctx = max(data["tokens"].shape[1], heldout["clean"].shape[1])
     cfg = mamba_config(settings, d_vocab=len(tokenizer), n_ctx=n_ctx)
     with flush_denormal():  # the scan's state decays into subnormal floats: flushed, 10x faster (numerics.py)
-        result = organisms.fit(lambda: hooked_mamba(cfg), behavior_name, settings, data, heldout, f"train {behavior_name} mamba", progress)
+        result = training.fit(lambda: hooked_mamba(cfg), behavior_name, settings, data, heldout, f"train {behavior_name} mamba", progress)
     _write(Path(directory), result.pop("model"), behavior_name, settings, result["metrics"], result["curves"])
     return result
 

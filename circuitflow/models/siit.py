@@ -1,8 +1,8 @@
 """Strict Interchange Intervention Training (SIIT; Gupta et al. 2024, "InterpBench"; REFERENCE.md 8).
 
 A fresh TransformerLens model L is trained to implement a high-level causal model H
-(``behaviors.high_level.Case``) through a correspondence: each high-level node maps to one or two low-level
-nodes (an attention head ``a{layer}.{head}``, the MLP ``m{layer}``), placed at the node's layer
+(``behaviors.high_level.Case``) through a correspondence: each high-level node maps to one or two
+low-level nodes (an attention head ``a{layer}.{head}``, the MLP ``m{layer}``), placed at the node's layer
 (tracr's allocation for tracr cases; ``correspondence``).  Each step draws base and source inputs
 independently (a seeded generator over the case's inputs) and sums three losses:
 
@@ -15,7 +15,8 @@ independently (a seeded generator over the case's inputs) and sums three losses:
 Categorical outputs use cross-entropy, numerical ones mean squared error, at the case's output
 positions.  A head is patched through its ``hook_z`` (at every position; the same as patching its
 result, since ``W_O`` is linear), an MLP through ``hook_post``; source activations carry no
-gradient.  The three forward passes on the base run as one batch (3 x batch_size rows).
+gradient.  The three forward passes on the base run as one batch (3 x batch_size rows).  The
+correspondence, the hooks and the losses are ``siit_interventions.py``'s.
 
 Metrics (``evaluate_siit``, on ``n_eval_pairs`` fixed (base, source) pairs from a generator of their
 own), per output position: accuracy (L(base) vs H(base)); IIA, the interchange-intervention accuracy
@@ -45,35 +46,41 @@ byte-identical files: initialisation and batches from ``seed`` under ``determini
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from circuitflow.behaviors.high_level import INPUT, Case
+from circuitflow.behaviors.high_level import Case
 from circuitflow.behaviors.siit_cases import get_case
 from circuitflow.graph import Graph
 from circuitflow.io import write_atomic, write_json_atomic
 from circuitflow.models.kind import LoadedModel, ModelKind
-from circuitflow.models.organisms import deterministic_torch
-from circuitflow.settings import SiitModel, field_defaults
+from circuitflow.models.siit_interventions import (
+    HighLevelTargets,
+    capture,
+    correct,
+    correspondence,
+    ground_truth_edges,
+    low_level_nodes,
+    non_circuit_nodes,
+    output_loss,
+    patched,
+    same_output,
+)
+from circuitflow.models.training import deterministic_torch
+from circuitflow.settings import Ablation, SiitModel, field_defaults
 
 CONFIG_FORMAT = "circuitflow-siit-1"
-# Distinct numerical outputs of one position differ by >= 0.2 in every numerical case (fractions k/i,
-# i <= 5), so within half of that an output rounds to the right value.
-NUMERICAL_TOLERANCE = 0.1
-ABLATIONS = ("zero", "resample", "mean")
 DEFAULTS: dict[str, Any] = field_defaults(SiitModel)  # the defaults live in circuitflow.settings
 SETTINGS = tuple(DEFAULTS)
 
@@ -128,167 +135,6 @@ def _new_model(cfg: HookedTransformerConfig) -> HookedTransformer:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
         return HookedTransformer(cfg)
-
-
-# ---- the correspondence and the ground truth -----------------------------------------------------
-
-
-def correspondence(case: Case) -> dict[str, tuple[str, ...]]:
-    """High-level node -> its low-level nodes: heads numbered in node order within each layer."""
-    next_head: dict[int, int] = {}
-    image = {}
-    for node in case.nodes:
-        parts = []
-        if node.block in ("head", "head+mlp"):
-            head = next_head.get(node.layer, 0)
-            next_head[node.layer] = head + 1
-            parts.append(f"a{node.layer}.{head}")
-        if node.block in ("mlp", "head+mlp"):
-            parts.append(f"m{node.layer}")
-        image[node.name] = tuple(parts)
-    return image
-
-
-def low_level_nodes(cfg: HookedTransformerConfig) -> tuple[str, ...]:
-    """Every head and MLP of the model, in forward order."""
-    nodes = []
-    for layer in range(cfg.n_layers):
-        nodes += [f"a{layer}.{h}" for h in range(cfg.n_heads)] + [f"m{layer}"]
-    return tuple(nodes)
-
-
-def non_circuit_nodes(case: Case, cfg: HookedTransformerConfig) -> tuple[str, ...]:
-    """The low-level nodes outside the image of the correspondence: the strict loss's nodes."""
-    image = {part for parts in correspondence(case).values() for part in parts}
-    return tuple(n for n in low_level_nodes(cfg) if n not in image)
-
-
-def ground_truth_edges(case: Case, cfg: HookedTransformerConfig) -> list[str]:
-    """The circuit: for every high-level edge parent -> node, an edge from the parent's writer (its
-    head, or its MLP for a head+mlp node; ``input`` for the input) to where the node reads it (its
-    head's q/k/v, its MLP); a head+mlp node's head -> its MLP; the output node's writer -> logits.
-    Names and order of ``Graph.from_config(cfg)``."""
-    image = correspondence(case)
-    graph = Graph.from_config(cfg)
-
-    def writer(name: str) -> str:
-        return "input" if name == INPUT else image[name][-1]
-
-    edges = set()
-    for node in case.nodes:
-        head = image[node.name][0]
-        for slot, parents in node.reads:
-            destination = f"m{node.layer}" if slot == "mlp" else f"{head}.{slot}"
-            edges.update(f"{writer(p)} -> {destination}" for p in parents)
-        if node.block == "head+mlp":
-            edges.add(f"{head} -> m{node.layer}")
-    edges.add(f"{writer(case.output_node)} -> logits")
-    unknown = sorted(edges - set(graph.edge_names))
-    if unknown:  # pragma: no cover - the placement keeps parents before children
-        raise ValueError(f"The ground truth of {case.name} has edges the graph lacks: {unknown}.")
-    return [e for e in graph.edge_names if e in edges]
-
-
-# ---- high-level targets --------------------------------------------------------------------------
-
-
-class HighLevelTargets:
-    """H's targets for every input of a case, and for interchange interventions between them
-    (memoised: an intervened output depends only on the base and the source's value of the node)."""
-
-    def __init__(self, case: Case):
-        self.case = case
-        self.tokens = torch.tensor([case.encode(x) for x in case.inputs], dtype=torch.long)
-        self.values = [case.evaluate(x, {}) for x in case.inputs]
-        dtype = torch.long if case.categorical else torch.float32
-        self.labels = torch.tensor([case.labels(v[case.output_node]) for v in self.values], dtype=dtype)
-        self._memo: dict[tuple, list] = {}
-
-    def intervened(self, base: Tensor, source: Tensor, node: str) -> Tensor:
-        """(batch, n_output_positions) targets of H(base) with ``node`` from H(source)."""
-        case, rows = self.case, []
-        for b, s in zip(base.tolist(), source.tolist()):
-            value = self.values[s][node]
-            key = (b, node, value)
-            if key not in self._memo:
-                self._memo[key] = case.labels(case.output(case.inputs[b], {node: value}))
-            rows.append(self._memo[key])
-        return torch.tensor(rows, dtype=self.labels.dtype)
-
-
-# ---- patching the low-level model ----------------------------------------------------------------
-
-
-def _hook_point(node: str) -> tuple[str, int | None]:
-    """The hook carrying a low-level node's activation, and the head index for a head."""
-    if node.startswith("a"):
-        layer, head = node[1:].split(".")
-        return f"blocks.{layer}.attn.hook_z", int(head)
-    return f"blocks.{node[1:]}.mlp.hook_post", None
-
-
-def capture(model: HookedTransformer, tokens: Tensor, nodes: Sequence[str]) -> dict[str, Tensor]:
-    """The activations of ``nodes`` on ``tokens`` (no gradient): a head's z (batch, pos, d_head), an
-    MLP's post-activation (batch, pos, d_mlp)."""
-    stored: dict[str, Tensor] = {}
-
-    def keep(node: str):
-        def hook(activation: Tensor, hook) -> None:
-            _, head = _hook_point(node)
-            stored[node] = (activation[:, :, head] if head is not None else activation).detach().clone()
-
-        return hook
-
-    with torch.no_grad(), model.hooks(fwd_hooks=[(_hook_point(n)[0], keep(n)) for n in dict.fromkeys(nodes)]):
-        model(tokens)
-    return stored
-
-
-@contextlib.contextmanager
-def patched(model: HookedTransformer, patches: Sequence[tuple[str, slice, Tensor]]) -> Iterator[None]:
-    """Within the block, each (node, rows, values) replaces the node's activation at batch rows
-    ``rows`` (all positions) with ``values``; the hooks are removed on exit, exception or not."""
-
-    def replace(node: str, rows: slice, values: Tensor):
-        _, head = _hook_point(node)
-
-        def hook(activation: Tensor, hook) -> Tensor:
-            activation = activation.clone()
-            if head is None:
-                activation[rows] = values
-            else:
-                activation[rows, :, head] = values
-            return activation
-
-        return hook
-
-    with model.hooks(fwd_hooks=[(_hook_point(n)[0], replace(n, rows, v)) for n, rows, v in patches]):
-        yield
-
-
-def output_loss(case: Case, logits: Tensor, labels: Tensor) -> Tensor:
-    """Cross-entropy (categorical) or mean squared error (numerical) at the output positions."""
-    outputs = logits[:, list(case.output_positions)]
-    if case.categorical:
-        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), labels.reshape(-1))
-    return F.mse_loss(outputs[..., 0], labels)
-
-
-def correct(case: Case, logits: Tensor, labels: Tensor) -> Tensor:
-    """(batch, n_output_positions) booleans: the output matches the label."""
-    outputs = logits[:, list(case.output_positions)]
-    if case.categorical:
-        return outputs.argmax(-1) == labels
-    return (outputs[..., 0] - labels).abs() <= NUMERICAL_TOLERANCE
-
-
-def same_output(case: Case, logits: Tensor, other: Tensor) -> Tensor:
-    """(batch,) booleans: two runs give the same output (argmax, or within the tolerance) at every
-    output position."""
-    a, b = logits[:, list(case.output_positions)], other[:, list(case.output_positions)]
-    if case.categorical:
-        return (a.argmax(-1) == b.argmax(-1)).all(-1)
-    return ((a[..., 0] - b[..., 0]).abs() <= NUMERICAL_TOLERANCE).all(-1)
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
@@ -463,7 +309,7 @@ def write_siit_model(directory: str | Path, model: HookedTransformer, case: Case
     blob = save({key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()})
     write_atomic(directory / "model.safetensors", lambda tmp: tmp.write_bytes(blob))
     write_json_atomic(directory / "training_curves.json", dict(curves))
-    write_json_atomic(directory / "ground_truth.json", {ablation: edges for ablation in ABLATIONS})
+    write_json_atomic(directory / "ground_truth.json", {ablation.value: edges for ablation in Ablation})
     write_json_atomic(directory / "config.json", {
         "kind": "siit",
         "format": CONFIG_FORMAT,
@@ -491,8 +337,8 @@ def load_siit(directory: str | Path, device: str | torch.device = "cpu") -> tupl
     if config.get("format") != CONFIG_FORMAT:
         raise ValueError(f"{directory / 'config.json'} is not a SIIT config ({CONFIG_FORMAT}); train the SIIT model again.")
     truth = _read_json(directory / "ground_truth.json")
-    if set(truth) != set(ABLATIONS):
-        raise ValueError(f"{directory / 'ground_truth.json'} needs the keys {', '.join(ABLATIONS)}; train the SIIT model again.")
+    if set(truth) != {ablation.value for ablation in Ablation}:
+        raise ValueError(f"{directory / 'ground_truth.json'} needs the keys {', '.join(Ablation)}; train the SIIT model again.")
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise ValueError(f"{weights} is missing; train the SIIT model again (the models stage).")
