@@ -72,8 +72,13 @@ def test_the_mamba_slice_runs_through_every_step_with_its_positional_picture(tmp
     assert abs(summed - plain["eap-ig"].to_numpy()).max() < 1e-6  # float32 model
     importance = pl.read_csv("data/figures/positional/layer_importance.csv")
     assert importance["layer"].to_list() == [0, 1]
-    metrics = json.loads(Path("data/evaluate/ioi-mamba/metrics.json").read_text())
+    metrics = json.loads(Path("data/evaluate/ioi-mamba/evaluation.json").read_text())
     assert any(key.endswith("_passes") for key in metrics)  # the hypothesis tests ran on its circuit
+    headline = json.loads(Path("data/evaluate/ioi-mamba/metrics.json").read_text())  # DVC's: per method, the same keys for every pair
+    assert set(headline) == set(loaded.methods) and all(set(v) <= {"edge_auc", "cmd"} for v in headline.values())
+    table = pl.read_csv("data/figures/mib/cpr_cmd.csv")  # MIB's scores for every method
+    assert set(table["method"]) == set(loaded.methods) and table["cmd"].is_finite().all()
+    assert plain["eap-ig_signed"].abs().to_list() == plain["eap-ig"].to_list()  # signed attribution scores kept on disk
     assert (Path("data/evaluate/ioi-mamba/adversarial") / "summary.parquet").exists() or any(Path("data/evaluate/ioi-mamba/adversarial").iterdir())
     page = next(Path("data/report").glob("*.html")).read_text()
     assert "Positional attribution" in page and loaded.pairs["ioi-mamba"].positional

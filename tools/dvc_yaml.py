@@ -55,6 +55,13 @@ plots:
       title: Fraction of random circuits the circuit beats, by random-circuit size (Shi et al.)
       x_label: random circuit size (fraction of edges)
       y_label: fraction beaten
+  - data/figures/mib/curves:
+      x: k
+      y: f
+      template: linear
+      title: MIB faithfulness at a fraction of the edges (one file per pair, method and ranking)
+      x_label: fraction of edges kept
+      y_label: f_k
   - data/figures/adversarial/curves:
       x: k
       y: alpha

@@ -7,7 +7,8 @@ Registered methods (params.yaml ``discover.methods``; their settings under ``dis
            so thresholding the scores at a tau gives ACDC's circuit at that tau.  The metric is
            KL(model || circuit) at the behavior's answer positions, or the behavior's own score
            (MSE against the model) where it has no distribution to compare (tracr), as in the paper.
-  eap      edge attribution patching (eap.py); score = |estimated change of the metric|.
+  eap      edge attribution patching (eap.py); score = |estimated change of the metric| (the signed
+           estimate is kept too: ``discover(...).signed``, scores.parquet's ``eap_signed``).
   eap-ig   EAP with integrated gradients (eap_ig.py), over the inputs (the paper's) or activations.
   hisp     head importance scores for pruning (hisp.py), node scores turned into edge scores.
   sp       subnetwork probing (subnetwork_probing.py), a sweep over lambda; score = the largest
@@ -78,6 +79,7 @@ class Found:
     scores: torch.Tensor
     thresholds: tuple[float, ...] = ()
     kept: torch.Tensor | None = None
+    signed: torch.Tensor | None = None  # an attribution method's signed scores; ``scores`` is their |value|
 
 
 def _acdc(task: DiscoveryTask, settings: AcdcSettings, progress: bool) -> Found:
@@ -86,8 +88,9 @@ def _acdc(task: DiscoveryTask, settings: AcdcSettings, progress: bool) -> Found:
     return Found(sweep.scores, tuple(sweep.thresholds), sweep.kept)
 
 
-def _eap(task: DiscoveryTask, settings: EapSettings, progress: bool) -> torch.Tensor:
-    return eap_scores(task.model, task.graph, task.clean, task.ablated, task.metric, batch_size=task.batch_size, progress=progress).abs()
+def _eap(task: DiscoveryTask, settings: EapSettings, progress: bool) -> Found:
+    signed = eap_scores(task.model, task.graph, task.clean, task.ablated, task.metric, batch_size=task.batch_size, progress=progress)
+    return Found(signed.abs(), signed=signed)
 
 
 def _signed_eap_ig(task: DiscoveryTask, settings: EapIgSettings, progress: bool) -> torch.Tensor:
@@ -96,8 +99,9 @@ def _signed_eap_ig(task: DiscoveryTask, settings: EapIgSettings, progress: bool)
                   batch_size=task.batch_size, progress=progress)
 
 
-def _eap_ig(task: DiscoveryTask, settings: EapIgSettings, progress: bool) -> torch.Tensor:
-    return _signed_eap_ig(task, settings, progress).abs()
+def _eap_ig(task: DiscoveryTask, settings: EapIgSettings, progress: bool) -> Found:
+    signed = _signed_eap_ig(task, settings, progress)
+    return Found(signed.abs(), signed=signed)
 
 
 def positional_eap_ig_scores(task: DiscoveryTask, settings: Any = None, progress: bool = False) -> tuple[Graph, torch.Tensor]:
@@ -157,7 +161,8 @@ def discover(name: str, task: DiscoveryTask, settings: Any = None, progress: boo
     lambdas), each threshold's circuit."""
     found = METHODS[name](task, method_settings(name, settings), progress)
     found = found if isinstance(found, Found) else Found(found)
-    return dataclasses.replace(found, scores=found.scores.to(torch.float64))
+    signed = None if found.signed is None else found.signed.to(torch.float64)
+    return dataclasses.replace(found, scores=found.scores.to(torch.float64), signed=signed)
 
 
 def discover_scores(name: str, task: DiscoveryTask, settings: Any = None, progress: bool = False) -> torch.Tensor:

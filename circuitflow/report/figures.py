@@ -168,6 +168,35 @@ def plot_faithfulness(
 _END = re.compile(r"^(?:(?P<input>input|embed|pos_embed)|a(?P<al>\d+)\.(?P<h>\d+)(?:\.(?P<qkv>[qkv]))?|[ml](?P<ml>\d+)|(?P<logits>logits))$")
 
 
+def plot_mib_curves(
+    curves: dict[str, pl.DataFrame], path: str | Path, title: str, *, formats: Sequence[str] = FORMATS
+) -> list[Path]:
+    """MIB's faithfulness f_k against k, the fraction of edges kept, one colour per method: solid
+    for circuits ranked by signed scores (CPR is the area under it, higher is better), dashed for
+    absolute scores (CMD is the area between it and 1, lower is better).
+
+    curves: method -> DataFrame with ``ranking`` ("signed" | "absolute"), ``k`` and ``f``.
+    """
+    if not curves:
+        raise ValueError("plot_mib_curves needs at least one method's curve.")
+    for method, frame in curves.items():
+        _require_columns(frame, ("ranking", "k", "f"), f"The MIB curve of {method!r}")
+
+    def draw(figure: Figure) -> None:
+        ax = figure.add_subplot()
+        for index, (method, frame) in enumerate(curves.items()):
+            colour = f"C{index}"
+            for ranking, style in (("signed", "-"), ("absolute", "--")):
+                line = frame.filter(pl.col("ranking") == ranking).sort("k")
+                ax.plot(line["k"].to_numpy(), line["f"].to_numpy(), style, color=colour, marker="o", markersize=2.5, linewidth=1.3,
+                        label=f"{method} ({ranking})")
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set(xlabel="fraction of edges kept, k", ylabel="faithfulness f_k (1 = the model, 0 = empty)", title=title)
+        ax.legend(fontsize=7, ncol=2)
+
+    return _render(path, formats, draw, (6.4, 4.2))
+
+
 def _parse_end(name: str, edge: str) -> tuple[str, str | None]:
     """(node, q/k/v or None) of one end of an edge; q/k/v inputs fold into their head."""
     match = _END.match(name.strip())

@@ -1,5 +1,5 @@
 """The discover stage: every method's per-edge scores (scores.parquet, one column per method,
-higher = more important), the circuit each gives (``<method>_circuit.json``, cut by
+higher = more important, and ``<method>_signed`` for the attribution methods' signed estimates), the circuit each gives (``<method>_circuit.json``, cut by
 ``discover.circuit``), each threshold sweep's circuits (sweeps.parquet: method, threshold, kept),
 and for ``positional: true`` pairs the positional EAP-IG scores."""
 
@@ -53,6 +53,8 @@ def run(settings: Settings, name: str, out: Path) -> StepResult:
         found = discover(method, task, settings.discover.method(method), progress=True)
         scores = found.scores
         columns[method] = scores.tolist()
+        if found.signed is not None:  # an attribution method: its signed estimate too (MIB's CPR ranks by it)
+            columns[f"{method}_signed"] = found.signed.tolist()
         if found.kept is not None:  # a threshold sweep: each threshold's own circuit, for its ROC points
             sweeps.append(pl.DataFrame({"method": method, "threshold": list(found.thresholds), "kept": found.kept.tolist()}))
         circuit, recovered = cut_circuit(graph, scores, settings.discover.circuit, recovered_fraction(inputs),

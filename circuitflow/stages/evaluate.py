@@ -1,5 +1,6 @@
 """The evaluate stage: faithfulness against circuit size, ROC/AUC against the ground truth where it
-is known, Shi et al.'s hypothesis tests and the adversarial evaluation, with ``metrics.json``."""
+is known, MIB's CPR / CMD, Shi et al.'s hypothesis tests and the adversarial evaluation; every
+number in ``evaluation.json``, a few stable ones in ``metrics.json`` (the DVC metric)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 
 from circuitflow.ablation import ablation_values_from_cache
 from circuitflow.circuit import Circuit
-from circuitflow.discovery.circuits import top_n_masks
+from circuitflow.discovery.circuits import ranking, top_n_masks
 from circuitflow.evaluation.faithfulness import faithfulness_loss, per_example_scores
 from circuitflow.evaluation.hypothesis_suite import (
     empty_outputs,
@@ -19,6 +20,7 @@ from circuitflow.evaluation.hypothesis_suite import (
     tests_ablation,
 )
 from circuitflow.evaluation.hypothesis_tests import circuit_evaluator
+from circuitflow.evaluation.mib import mib_scores
 from circuitflow.evaluation.roc import (
     auc_pessimistic,
     auc_trapezoid,
@@ -103,6 +105,33 @@ def _roc(method: str, scores: np.ndarray, graph, truth: list[str], sweep: pl.Dat
     return frames
 
 
+def ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Scores as their rank (n_edges down to 1 in the order ``top_n`` takes them), so a ranking
+    with ``-inf`` sentinels (ACDC, SP) survives MIB's absolute-value ranking unchanged."""
+    order = ranking(scores)
+    values = torch.empty(scores.shape[0], dtype=torch.float64)
+    values[order] = torch.arange(scores.shape[0], 0, -1, dtype=torch.float64)
+    return values
+
+
+def _mib(settings: Settings, inputs: PairInputs, scores: pl.DataFrame, result: StepResult) -> pl.DataFrame:
+    """MIB's faithfulness at fractions of the edges, CPR (ranked by signed scores) and CMD (by
+    absolute scores), per method and for random scores (MIB's baseline), under the pair's ablation:
+    ``mib.parquet`` and the metrics.  A method without a sign is ranked by its rank (``ranks``)."""
+    frames = []
+    random = torch.randn(inputs.loaded.graph.n_edges, generator=torch.Generator().manual_seed(inputs.pair.seed), dtype=torch.float64)
+    columns = {**{m: scores[f"{m}_signed" if f"{m}_signed" in scores.columns else m] for m in settings.methods},
+               "random": pl.Series(random.numpy())}  # MIB's baseline: random signed scores, seeded by the pair
+    for method, column in columns.items():
+        signed = method == "random" or f"{method}_signed" in scores.columns
+        values = torch.tensor(column.to_numpy())
+        frame, cpr, cmd = mib_scores(inputs.loaded.model, inputs.loaded.graph, inputs.clean, inputs.ablated, inputs.example_metric(),
+                                     values if signed else ranks(values), batch_size=inputs.pair.batch_size)
+        frames.append(frame.with_columns(pl.lit(method).alias("method")))
+        result.metrics[f"{method}_cpr"], result.metrics[f"{method}_cmd"] = float(cpr), float(cmd)
+    return pl.concat(frames)
+
+
 def _hypothesis_tests(settings: Settings, inputs: PairInputs, out: Path, result: StepResult) -> None:
     tests = settings.evaluate.hypothesis_tests
     outputs = empty_outputs()  # the same files (DVC outs), empty, when the tests are off
@@ -145,13 +174,25 @@ def _adversarial(settings: Settings, inputs: PairInputs, out: Path, result: Step
         write_parquet(directory / f"{name}.parquet", frame)
 
 
+def headline(settings: Settings, metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """The DVC metric of a pair: per method its edge AUC against the ground truth (pessimistic,
+    where there is one) and MIB's CMD, keys the same for every pair so `dvc metrics show` lines up."""
+    names = {"edge_auc": "edge_auc_pessimistic", "cmd": "cmd"}
+    return {method: {short: metrics[f"{method}_{long}"] for short, long in names.items() if f"{method}_{long}" in metrics}
+            for method in settings.methods}
+
+
 def run(settings: Settings, name: str, out: Path) -> StepResult:
     inputs = load_pair(settings, name)
     result = StepResult(params={"pair": as_data(inputs.pair), "evaluate": as_data(settings.evaluate)})
     curves, roc = _curves_and_roc(settings, inputs, result)
+    scores = read_parquet(discover_dir(name) / "scores.parquet", f"discover@{name}")
+    write_parquet(out / "mib.parquet", _mib(settings, inputs, scores, result))
     _hypothesis_tests(settings, inputs, out, result)
     _adversarial(settings, inputs, out, result)
     write_parquet(out / "faithfulness.parquet", curves)
     write_parquet(out / "roc.parquet", roc)  # empty without a ground truth, so every pair has the same outputs
-    write_json_atomic(out / "metrics.json", result.metrics)
+    write_json_atomic(out / "evaluation.json", result.metrics)  # every number, for the figures and MLflow
+    write_json_atomic(out / "metrics.json", headline(settings, result.metrics))  # DVC's metric: a few stable columns
+
     return result

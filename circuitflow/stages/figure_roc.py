@@ -26,7 +26,7 @@ def run(settings: Settings, out: Path) -> StepResult:
         roc = pl.read_parquet(pair_dir / "roc.parquet")
         if roc.is_empty():
             continue
-        metrics = json.loads((pair_dir / "metrics.json").read_text())
+        metrics = json.loads((pair_dir / "evaluation.json").read_text())
         for method in settings.methods:
             row = {"pair": name, "model": pair.model, "behavior": pair.behavior, "ablation": pair.ablation, "method": method}
             for level in ("edge", "node"):

@@ -34,7 +34,7 @@ def run(settings: Settings, out: Path) -> StepResult:
             continue
         trained = json.loads((model_dir(pair.model) / "config.json").read_text())["metrics"]
         training.append({"pair": name, "case": spec.case, **{key: trained[key] for key in SIIT_TRAINING_COLUMNS}})
-        metrics = json.loads((evaluate_dir(name) / "metrics.json").read_text())
+        metrics = json.loads((evaluate_dir(name) / "evaluation.json").read_text())
         for method in settings.methods:
             rows.append({"pair": name, "case": spec.case, "method": method,
                          "edge_auc": metrics[f"{method}_edge_auc_pessimistic"], "edge_auc_trapezoid": metrics[f"{method}_edge_auc_trapezoid"],

@@ -55,6 +55,18 @@ class PairInputs:
 
         return score
 
+    def example_metric(self) -> Any:
+        """The behavior's attribution metric per example (MIB's m): (circuit logits, example index)
+        -> (batch,), HIGHER = more of the behavior (the logit difference for the logit-margin
+        behaviors)."""
+        behavior, examples = self.behavior, self.examples
+
+        def metric(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            return torch.stack([behavior.attribution_metric(logits[i : i + 1], {k: v[index[i : i + 1]] for k, v in examples.items()})
+                                for i in range(logits.shape[0])])
+
+        return metric
+
     def model_scores(self) -> torch.Tensor:
         """The full model's per-example score (n_examples,), float64."""
         with torch.no_grad():

@@ -35,6 +35,21 @@ def _summary_sections() -> list[ReportSection]:
         tables=[("Table 1", read_csv(hypothesis_dir / "table1.csv")),
                 ("Every test in full", read_csv(hypothesis_dir / "table.csv"))],
     )]
+    mib_dir = figure_dir("mib")
+    if (mib_dir / "cpr_cmd.csv").exists():
+        table = pl.read_csv(mib_dir / "cpr_cmd.csv")
+        sections.append(ReportSection(
+            title="MIB circuit localization (Mueller et al. 2025)",
+            text="For k in 0.1% ... 100% of the edges, the top k edges by score (pruned of edges off every "
+                 "input-to-logits path) are kept and the rest ablated; f_k = (m(C_k) - m(empty)) / (m(full) - "
+                 "m(empty)), m the behavior's metric (the logit difference for the logit-margin behaviors). "
+                 "CPR: the area under f_k with edges ranked by signed scores (higher is better); CMD: the area "
+                 "of |1 - f_k| with edges ranked by absolute scores (0 is best). MIB reports random scores "
+                 "at a CMD of about 0.7 and EAP-IG near 0.",
+            figures=sorted(mib_dir.glob("mib_*.png")),
+            tables=[("CMD (lower is better), pair x method", table.pivot("method", index="pair", values="cmd")),
+                    ("CPR (higher is better), pair x method", table.pivot("method", index="pair", values="cpr"))],
+        ))
     siit_dir = figure_dir("siit")
     if (siit_dir / "auroc_table.csv").exists():
         sections.append(ReportSection(
