@@ -6,7 +6,7 @@ ablation; a logit-difference metric at the last position.  Reports (median of re
   EAP-IG over the inputs, 5 steps / one forward pass
   EAP-IG over the activations (edge-mask IG), 5 steps / one forward pass
   one subnetwork-probing training step / one forward pass (edge SP, KL loss)
-For comparison, REFERENCE.md 10 measured auto-circuit on one core: EAP 0.16 s, edge-mask IG 0.72 s.
+For comparison, the README's peer measurements measured auto-circuit on one core: EAP 0.16 s, edge-mask IG 0.72 s.
 Run: python benchmarks/bench_eap.py [--threads N] [--json out.json]
 """
 

@@ -1,5 +1,5 @@
 """Speed of the patching engine and of EAP / positional EAP-IG on a Mamba model, against plain
-HookedMamba forward passes of the same model (REFERENCE.md 9).
+HookedMamba forward passes of the same model (Ensign & Garriga-Alonso 2024).
 
 Model: a random 4-layer Mamba, d_model 64 (d_inner 128, d_state 16), vocab 1,000 (torch seed 0);
 batch 32 x 12 tokens; resample ablation; a logit-difference metric at the last position.

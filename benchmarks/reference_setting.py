@@ -1,4 +1,4 @@
-"""The setting the speed benchmarks share (REFERENCE.md 10, where the peers were measured): a random
+"""The setting the speed benchmarks share (the README's peer measurements, where the peers were measured): a random
 model of 4 layers, d_model 128, 4 heads (d_head 32), d_mlp 512, vocab 1,000, LayerNorm, GELU
 (torch seed 0), 32 clean and 32 corrupted inputs of 12 tokens, and resample ablation values."""
 

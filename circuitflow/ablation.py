@@ -1,4 +1,4 @@
-"""Ablation values: what each source delivers along an ablated edge (DESIGN.md "Words").
+"""Ablation values: what each source delivers along an ablated edge (the README).
 
 One implementation per kind of ``settings.Ablation``, each giving a tensor of shape
 (source, n_examples | 1, pos | 1, d_model) for the patching engine (``patching.run_circuits``):

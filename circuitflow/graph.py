@@ -1,4 +1,4 @@
-"""The computational graph of a transformer or a Mamba model: its nodes and edges (REFERENCE.md 1, 9).
+"""The computational graph of a transformer or a Mamba model: its nodes and edges (the graph conventions in the README, 9).
 
 Sources (upstream nodes) write into the residual stream:
     ``input``                the token + positional embedding (or ``embed`` and ``pos_embed`` apart,

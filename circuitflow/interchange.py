@@ -1,5 +1,5 @@
 """EAP-IG's graph JSON (``Graph.to_json`` of hannamw/EAP-IG, the file form of MIB's circuit track;
-REFERENCE.md 11), written and read for this project's graphs.
+MIB, Mueller et al. 2025), written and read for this project's graphs.
 
 The file is one object with
     ``cfg``    {"n_layers", "n_heads", "parallel_attn_mlp": false, "d_model"},

@@ -41,7 +41,7 @@ the same directory, then renamed over the target; an interrupted write leaves th
 never half of a new one.
 
 No timestamps or host names are stored: writing the same tensor twice gives byte-identical files
-(DESIGN.md, determinism), given the same pyarrow version (Parquet records its writer's version).
+(the README, determinism), given the same pyarrow version (Parquet records its writer's version).
 
 What is checked on read: the footer and page headers (a truncated or garbage file is an error), the
 metadata, and that the columns agree with it (row count, list size, dtype, and the source and example

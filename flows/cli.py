@@ -29,7 +29,7 @@ DEFAULT_PARAMS = "params.yaml"
 
 
 def _quiet_offline_environment() -> None:
-    """No network at run time: keep every library from phoning home (DESIGN.md stack notes)."""
+    """No network at run time: keep every library from phoning home (the README)."""
     for key, value in {
         "HF_HUB_OFFLINE": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

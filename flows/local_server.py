@@ -1,7 +1,7 @@
 """Run a command with one local Prefect server shared by all its processes.
 
 Without PREFECT_API_URL, every process that runs a flow starts Prefect's temporary server, which
-costs 7-11 s (DESIGN.md); `dvc repro` runs one process per stage.  This starts one server on
+costs 7-11 s (the README); `dvc repro` runs one process per stage.  This starts one server on
 loopback, points PREFECT_API_URL at it for the command, and stops it afterwards:
 
     python -m flows.local_server dvc repro

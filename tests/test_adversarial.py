@@ -1,5 +1,5 @@
 """Adversarial circuit evaluation: per-pair KL over the Cartesian product, its statistics and the
-gradient search for bad inputs (REFERENCE.md 6), checked against plain per-pair computations."""
+gradient search for bad inputs (uit de Bos & Garriga-Alonso 2024), checked against plain per-pair computations."""
 
 import math
 from fractions import Fraction

@@ -1,4 +1,4 @@
-"""The library's layering (DESIGN.md "Layout"): each layer imports only the layers before it, no
+"""The library's layering (the README): each layer imports only the layers before it, no
 module takes part in an import cycle, and the library knows nothing of the orchestration.
 
 Every module under circuitflow/ is parsed with ``ast`` (every import, function-level ones included,

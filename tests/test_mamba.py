@@ -1,4 +1,4 @@
-"""Mamba in the circuit engine (REFERENCE.md 9): the layer-level graph, masked patching against
+"""Mamba in the circuit engine (Ensign & Garriga-Alonso 2024): the layer-level graph, masked patching against
 HookedMamba itself and against mamba-lens's own hook points, EAP / EAP-IG / ACDC / HISP / SP on it,
 and the ``mamba`` model kind (deterministic training, loading, bad settings)."""
 

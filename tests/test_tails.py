@@ -1,4 +1,4 @@
-"""Tail analysis (REFERENCE.md 7): the Hill estimator against its definition and against samples
+"""Tail analysis (Kwa et al. 2024): the Hill estimator against its definition and against samples
 with known tails, the exponential reference against simulation, Q-Q data and figures."""
 
 import math
@@ -21,7 +21,7 @@ N = 1_000_000
 
 
 def naive_hill(sample, k):
-    """REFERENCE.md 7 word for word: demean, keep positives, sort descending, then the formula."""
+    """Kwa et al. 2024 word for word: demean, keep positives, sort descending, then the formula."""
     x = [v - sum(sample) / len(sample) for v in sample]
     x = sorted((v for v in x if v > 0), reverse=True)
     return sum(math.log(v) for v in x[:k]) / k - math.log(x[k])

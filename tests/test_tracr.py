@@ -260,7 +260,7 @@ def test_score():
         behaviors.score("reverse", circuit[:, :3], model_logits)
 
 
-EMPTY_COMPONENTS = {"reverse": ("a1.0", "a2.0", "m3"), "frac_prevs": ("a0.0", "m1")}  # REFERENCE.md 4
+EMPTY_COMPONENTS = {"reverse": ("a1.0", "a2.0", "m3"), "frac_prevs": ("a0.0", "m1")}  # tracr, Lindner et al. 2023
 
 
 @pytest.mark.parametrize("ablation", ["zero", "resample"])

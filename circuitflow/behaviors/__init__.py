@@ -1,7 +1,7 @@
-"""Behaviors: a dataset plus a metric that elicits one thing a model does (DESIGN.md "Words").
+"""Behaviors: a dataset plus a metric that elicits one thing a model does (the README).
 
 Registry names (``get_behavior(name)``; ``BEHAVIORS`` holds the built-in ones):
-  "ioi", "greater-than", "docstring", "induction"   word-level behaviors of the papers (REFERENCE.md 5)
+  "ioi", "greater-than", "docstring", "induction"   word-level behaviors of the papers (Shi et al. 2024)
   "tracr-reverse", "tracr-proportion"               tracr programs (datasets already token ids)
   "bigbench:<path to a JSON file>"                  a BIG-bench-style task imported by ``bigbench.py``
   "pairs:<path to a CSV or Parquet file>"           the user's counterfactual pairs (``counterfactual.py``)
@@ -20,7 +20,7 @@ Each ``Behavior`` gives
       that is not (unknown to a word-level tokenizer, or several BPE tokens) is a ValueError naming
       the word and the example.  Tracr behaviors ignore the tokenizer (pass None).
   score(circuit_logits, model_logits, examples) -> (batch,) per-example score, LOWER IS BETTER
-      (REFERENCE.md 5), used for faithfulness and the hypothesis tests;
+      (Shi et al. 2024), used for faithfulness and the hypothesis tests;
   attribution_metric(logits, examples) -> scalar summed over the batch, HIGHER = more of the
       behavior: what gradient-based discovery (EAP) differentiates.  It must not be flat at the
       full model, which rules out the MSE-to-the-model score;

@@ -13,9 +13,9 @@ Corruption: the paper's "01" dataset: the same prompt with YY = 01 ("... year 17
 which leaves no year before it for the model to exclude.
 
 Score (lower is better): -(P(YY' >= YY) - P(YY' < YY)), the probabilities (softmax over the
-whole vocabulary at the last position) summed over the two-digit tokens "00".."99" (REFERENCE.md
+whole vocabulary at the last position) summed over the two-digit tokens "00".."99" (the papers
 5).  The paper's probability difference puts YY itself on the "less" side, and ACDC's code leaves
-out "99"; this module follows REFERENCE.md.  Attribution metric: P(>= YY) - P(< YY) summed over
+out "99"; this module follows the papers.  Attribution metric: P(>= YY) - P(< YY) summed over
 the batch.  KL: KL(model || circuit) at the last position.
 """
 

@@ -1,4 +1,4 @@
-"""High-level causal models for SIIT (REFERENCE.md 8): the "H" that a trained transformer must implement.
+"""High-level causal models for SIIT (InterpBench, Gupta et al. 2024): the "H" that a trained transformer must implement.
 
 A ``Case`` is a task on fixed-length token sequences plus a high-level causal model of it whose nodes
 can be intervened on: ``case.evaluate(inputs, overrides)`` runs the model on one input (a tuple of
@@ -28,7 +28,7 @@ Block = Literal["head", "mlp", "head+mlp"]
 Slot = Literal["q", "k", "v", "mlp"]
 INPUT = "input"  # the token and position embeddings, as a parent in ``HighLevelNode.reads``
 BOS_ID = 0
-MAX_HEADS_PER_LAYER = 4  # the smallest low-level width SIIT allows (REFERENCE.md 8)
+MAX_HEADS_PER_LAYER = 4  # the smallest low-level width SIIT allows (InterpBench, Gupta et al. 2024)
 Inputs = tuple  # one input: vocabulary values, BOS excluded
 Values = dict[str, tuple]  # node name -> one value per position
 

@@ -1,4 +1,4 @@
-"""The SIIT cases (REFERENCE.md 8): the registry ``CASES``, the IOI-like case, and every case's
+"""The SIIT cases (InterpBench, Gupta et al. 2024): the registry ``CASES``, the IOI-like case, and every case's
 dataset, score and attribution metric (the ``siit-<case>`` behaviors of ``behaviors/__init__.py``).
 
 A case is a task plus its high-level causal model (``high_level.Case``); the tracr cases come from

@@ -12,7 +12,7 @@ RASP program itself, not the compiled model.
 
 Score (lower is better): per example, the mean squared difference between a circuit's output and the
 full model's at the output positions 1.. (everything after BOS): over the logits for reverse, over
-the single numerical output for proportion (REFERENCE.md 5, "tracr MSE against the full model").
+the single numerical output for proportion (Shi et al. 2024, "tracr MSE against the full model").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ACDC: automatic circuit discovery by pruning edges one at a time (Conmy et al. 2023, REFERENCE.md 3).
+"""ACDC: automatic circuit discovery by pruning edges one at a time (Conmy et al. 2023, the discovery papers).
 
 The search, up to 500 lines (the speculative, resumed evaluation is one idea, not split); the metric
 batches are in ``acdc_metrics.py``, the visit order in ``acdc_order.py``.

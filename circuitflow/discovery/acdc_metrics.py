@@ -1,4 +1,4 @@
-"""ACDC's metric: examples in batches with a loss per batch (Conmy et al. 2023; REFERENCE.md 3).
+"""ACDC's metric: examples in batches with a loss per batch (Conmy et al. 2023; the discovery papers).
 
 ``MetricBatch`` holds one batch's tokens, ablation values and metric (a loss, lower is better);
 ACDC sums the batches' metrics.  ``kl_batches`` builds the default metric, KL(full model || circuit)

@@ -1,4 +1,4 @@
-"""ACDC's visit order and the graph's wiring as ACDC reads it (Conmy et al. 2023; REFERENCE.md 3).
+"""ACDC's visit order and the graph's wiring as ACDC reads it (Conmy et al. 2023; the discovery papers).
 
 The order is that of Conmy et al.'s implementation as the paper's experiments ran it
 (``acdc/TLACDCExperiment.py`` with ``acdc/main.py``'s defaults ``names_mode="normal"``,

@@ -3,7 +3,7 @@
 EAP (``eap.py``) multiplies each edge's activation difference by the gradient at the clean run
 only; where the metric saturates that gradient says little.  EAP-IG averages the gradient along a
 straight path from the ablated run to the clean one, at ``alpha_k = k / m`` for ``k = 1..m``
-(``m = steps``; 5 to 10 usually suffice, REFERENCE.md 3).  Two paths are offered:
+(``m = steps``; 5 to 10 usually suffice, the discovery papers).  Two paths are offered:
 
 ``eap_ig_inputs_scores`` (the paper's EAP-IG): only the input embeddings move,
     input(alpha) = ablated_input + alpha * (clean_input - ablated_input),

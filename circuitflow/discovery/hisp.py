@@ -1,5 +1,5 @@
 """HISP: head importance scores for pruning (Michel et al. 2019), the node-level baseline of the ACDC
-paper (REFERENCE.md 3).
+paper (the discovery papers).
 
 A node is a head's output ``a{l}.{h}``, an MLP's output ``m{l}`` or a Mamba layer's ``l{l}``; ablating it ablates all its
 outgoing edges at once.  With a node mask ``z_s`` multiplying every outgoing edge of node ``s`` in the

@@ -1,6 +1,6 @@
 """Faithfulness of circuits: how far a circuit's behavior score is from the full model's.
 
-m(C) = mean over examples of (s_C - s_M)^2, lower is better (REFERENCE.md 5), where s is the
+m(C) = mean over examples of (s_C - s_M)^2, lower is better (Shi et al. 2024), where s is the
 behavior's per-example score.  Many circuits are evaluated at once, stacked along the batch.
 """
 

@@ -17,7 +17,7 @@ the same broken output as one that holds all of them (see the module docstring o
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
@@ -26,8 +26,20 @@ import torch
 from circuitflow.circuit import Circuit
 from circuitflow.evaluation.faithfulness import faithfulness_loss
 from circuitflow.evaluation.hypothesis_base import (
-    ALPHA, ATOL, N_RANDOM, Q_STAR, SEED, SWEEP_FRACTIONS, TIE_RULES, Evaluate, HypothesisResult, as_scores,
-    binomial_p_greater, circuit_members, count_k_and_ties, evaluate_masks,
+    ALPHA,
+    ATOL,
+    N_RANDOM,
+    Q_STAR,
+    SEED,
+    SWEEP_FRACTIONS,
+    TIE_RULES,
+    Evaluate,
+    HypothesisResult,
+    as_scores,
+    binomial_p_greater,
+    circuit_members,
+    count_k_and_ties,
+    evaluate_masks,
 )
 from circuitflow.evaluation.random_circuits import random_circuit_masks
 from circuitflow.graph import Graph

@@ -1,4 +1,4 @@
-"""What every hypothesis test shares (Shi et al. 2024; REFERENCE.md 5): settings, the result record,
+"""What every hypothesis test shares (Shi et al. 2024; Shi et al. 2024): settings, the result record,
 the tie rules, evaluating circuits, and the binomial tests.  The tests themselves are in
 ``idealised_tests.py`` and ``flexible_tests.py``; ``hypothesis_tests.py`` runs them all.
 

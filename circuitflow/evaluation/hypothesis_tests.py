@@ -1,4 +1,4 @@
-"""Hypothesis tests for circuits (Shi et al. 2024, "Hypothesis testing the circuit hypothesis"; REFERENCE.md 5).
+"""Hypothesis tests for circuits (Shi et al. 2024, "Hypothesis testing the circuit hypothesis"; Shi et al. 2024).
 
 Every test works on per-example behavior scores s, LOWER IS BETTER (``Behavior.score``: for the
 tracr behaviors the MSE of the circuit's output against the full model's).  Circuits are evaluated

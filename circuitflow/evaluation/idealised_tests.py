@@ -34,9 +34,26 @@ from scipy import stats
 
 from circuitflow.circuit import Circuit
 from circuitflow.evaluation.hypothesis_base import (
-    ALPHA, ATOL, EPS, N_PERMUTATIONS, N_REFERENCES, Q_STAR, SEED, TIE_RULES, Effect, Evaluate, HypothesisResult,
-    MinimalityResult, as_scores, binomial_p_less, check_effect, circuit_members, count_k_and_ties, evaluate_masks,
-    is_constant, not_applicable,
+    ALPHA,
+    ATOL,
+    EPS,
+    N_PERMUTATIONS,
+    N_REFERENCES,
+    Q_STAR,
+    SEED,
+    TIE_RULES,
+    Effect,
+    Evaluate,
+    HypothesisResult,
+    MinimalityResult,
+    as_scores,
+    binomial_p_less,
+    check_effect,
+    circuit_members,
+    count_k_and_ties,
+    evaluate_masks,
+    is_constant,
+    not_applicable,
 )
 from circuitflow.evaluation.random_circuits import reference_knockouts
 

@@ -1,4 +1,4 @@
-"""MIB's circuit-localization scores (Mueller et al. 2025; REFERENCE.md 11): faithfulness at a size,
+"""MIB's circuit-localization scores (Mueller et al. 2025; MIB, Mueller et al. 2025): faithfulness at a size,
 CPR and CMD.
 
 For each size k in ``MIB_SIZES`` (fractions of all edges), the circuit C_k is the top

@@ -1,4 +1,4 @@
-"""Random circuits built from random source -> sink paths (Shi et al. 2024; REFERENCE.md 5).
+"""Random circuits built from random source -> sink paths (Shi et al. 2024; Shi et al. 2024).
 
 A path starts at an input source (``input``, or ``embed``/``pos_embed`` with equal probability) and
 walks forward: at each source it follows one of the source's outgoing edges, uniformly at random;

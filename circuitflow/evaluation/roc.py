@@ -1,4 +1,4 @@
-"""Evaluation against a ground-truth circuit: ROC points, AUCs, and the node-level view (REFERENCE.md 3).
+"""Evaluation against a ground-truth circuit: ROC points, AUCs, and the node-level view (the discovery papers).
 
 Conventions of this module (they differ from the project's "lower is better" losses on purpose):
 an *edge score* ranks edges by importance, **higher = more important**, and the circuit at

@@ -1,4 +1,4 @@
-"""Is a sample's right tail heavy?  Hill estimator, Q-Q plots and a verdict (REFERENCE.md 7).
+"""Is a sample's right tail heavy?  Hill estimator, Q-Q plots and a verdict (Kwa et al. 2024).
 
 Applied to per-input circuit errors (the adversarial KLs, lower is better): a heavy tail means the
 circuit's rare failures are far worse than its typical ones, the "catastrophic Goodhart" regime of

@@ -11,7 +11,7 @@ of the ACDC repository's ``get_ioi_true_edges``, ``get_greaterthan_true_edges`` 
 ``get_docstring_subgraph_true_edges``, re-expressed in our names); ``write_canonical`` rewrites the
 JSON and the tests check the data equals the generator and the published counts.
 
-Mapping of ACDC's TransformerLens hook names to ours (REFERENCE.md 1):
+Mapping of ACDC's TransformerLens hook names to ours (the graph conventions in the README):
     blocks.0.hook_resid_pre                 -> input       (shortformer models: the token embedding
                                                             only; positions enter q and k inside)
     blocks.L.attn.hook_result[:, :, h]      -> aL.h        (source)
@@ -49,7 +49,7 @@ class CanonicalSpec:
     n_layers: int
     n_heads: int
     attn_only: bool
-    n_edges: int  # the published count (REFERENCE.md 3)
+    n_edges: int  # the published count (the discovery papers)
     source: str
 
     def graph(self) -> Graph:

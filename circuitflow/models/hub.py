@@ -1,5 +1,5 @@
 """The local Hugging Face cache: where it is, what a model name resolves to, and switching the hub
-offline (DESIGN.md "No network at run time").  ``pretrained.py`` loads models from it and
+offline (the README).  ``pretrained.py`` loads models from it and
 ``canonical.py`` checks circuits against the names it resolves.
 
 The cache is ``cache_dir`` where given, else ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else

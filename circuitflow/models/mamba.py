@@ -1,5 +1,5 @@
 """Mamba organisms: small Mamba models (mamba-lens ``HookedMamba``) trained here on one behavior
-each, the ``mamba`` model kind (REFERENCE.md 9; Ensign & Garriga-Alonso 2024).
+each, the ``mamba`` model kind (Ensign & Garriga-Alonso 2024; Ensign & Garriga-Alonso 2024).
 
 ``train_mamba("ioi", {"n_layers": 2, "steps": 200, "lr": 0.01, "seed": 0}, directory)`` trains like a
 transformer organism (the same word-level tokenizer and training data as ``organisms.py``, the

@@ -1,5 +1,5 @@
 """Pretrained models (GPT-2 small, attn-only-4l, redwood_attn_2l, any TransformerLens name), loaded
-from a local Hugging Face cache and never from the network (DESIGN.md "No network at run time").
+from a local Hugging Face cache and never from the network (the README).
 
 ``load_pretrained(name)`` resolves TransformerLens's name or alias to its Hugging Face repository,
 looks for it in the cache (``cache_dir``, else ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else

@@ -1,4 +1,4 @@
-"""Strict Interchange Intervention Training (SIIT; Gupta et al. 2024, "InterpBench"; REFERENCE.md 8).
+"""Strict Interchange Intervention Training (SIIT; Gupta et al. 2024, "InterpBench"; InterpBench, Gupta et al. 2024).
 
 A fresh TransformerLens model L is trained to implement a high-level causal model H
 (``behaviors.high_level.Case``) through a correspondence: each high-level node maps to one or two

@@ -1,4 +1,4 @@
-"""Tracr-compiled models with known circuits (REFERENCE.md 4): convert, verify, save.
+"""Tracr-compiled models with known circuits (tracr, Lindner et al. 2023): convert, verify, save.
 
 The two RASP programs and their compiling are ``behaviors/tracr_programs.py``'s (the behaviors'
 datasets need tracr's encoding).  Compiled, they give:
@@ -63,7 +63,7 @@ def _hooked_config(fields: dict, device: str | torch.device = "cpu") -> HookedTr
 
 
 def _build_hooked(fields: dict, device: str | torch.device = "cpu") -> HookedTransformer:
-    with warnings.catch_warnings():  # 3.9 announces its 4.0 removal; this project pins 3.9 (DESIGN.md)
+    with warnings.catch_warnings():  # 3.9 announces its 4.0 removal; this project pins 3.9 (the README)
         warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
         model = HookedTransformer(_hooked_config(fields, device))
     return model.eval()

@@ -1,4 +1,4 @@
-"""The ground-truth circuits of the tracr models (REFERENCE.md 4), derived from their weights.
+"""The ground-truth circuits of the tracr models (tracr, Lindner et al. 2023), derived from their weights.
 
 Ground-truth circuits
 ---------------------

@@ -1,4 +1,4 @@
-"""Masked additive patching: run any circuit (or many) in one forward pass (REFERENCE.md 2).
+"""Masked additive patching: run any circuit (or many) in one forward pass (the masked patching in the README).
 
 In a pre-LayerNorm residual transformer each destination reads the sum of its sources' outputs.
 A circuit keeps some edges; an ablated edge delivers the source's *ablated* value instead of its
@@ -15,7 +15,7 @@ places that touch TransformerLens internals) because TransformerLens 3.9's own p
 inputs (``use_split_qkv_input`` with ``use_attn_result``) cost 15-25x a plain forward pass on CPU.
 Its LayerNorm, MLP, embedding and unembedding modules are reused, so the numerics are the model's.
 
-A Mamba model (``Graph.mamba``, REFERENCE.md 9) is patched the same way at the level of layers: each
+A Mamba model (``Graph.mamba``, Ensign & Garriga-Alonso 2024) is patched the same way at the level of layers: each
 layer's input is the masked sum above over the input and the earlier layers' output projections,
 the layer runs its RMSNorm and mixer (in_proj, causal conv1d, selective scan, gated by the skip
 branch, out_proj) on it, and the logits read the masked sum over every source.  The masks, deltas

@@ -1,4 +1,4 @@
-"""A Mamba model (``Graph.mamba``, REFERENCE.md 9) through the patching engine: each layer's input is
+"""A Mamba model (``Graph.mamba``, Ensign & Garriga-Alonso 2024) through the patching engine: each layer's input is
 the masked sum over the input and the earlier layers' output projections (``deltas.py``), the layer
 runs its RMSNorm and mixer (in_proj, causal conv1d, selective scan, gated by the skip branch,
 out_proj) on it, and the logits read the masked sum over every source.  Written from mamba-lens's

@@ -1,4 +1,4 @@
-"""Figures of the adversarial evaluation and the tail analysis (REFERENCE.md 6 and 7).
+"""Figures of the adversarial evaluation and the tail analysis (uit de Bos & Garriga-Alonso 2024; Kwa et al. 2024).
 
 Each function draws one ``matplotlib.figure.Figure``, writes it to ``path`` with each suffix of
 ``formats`` (PNG without a "Software" entry, SVG without a date) through the report package's shared

@@ -1,4 +1,4 @@
-"""Figures for the report: ROC curves, faithfulness curves and circuit diagrams (DESIGN.md step 6).
+"""Figures for the report: ROC curves, faithfulness curves and circuit diagrams (the README).
 
 Every function draws on a ``matplotlib.figure.Figure`` of its own (no pyplot, so no global figure
 manager and no backend switch) and writes each requested format atomically.  The same data gives

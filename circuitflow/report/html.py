@@ -1,4 +1,4 @@
-"""The run report: one self-contained HTML file (DESIGN.md step 6).
+"""The run report: one self-contained HTML file (the README).
 
 Figures are embedded as base64 ``data:`` URIs and the style sheet is inline, so the file opens from
 disk, mailed or archived, with no network and no sibling files.  Every piece of text from the

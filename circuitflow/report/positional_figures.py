@@ -1,4 +1,4 @@
-"""The Mamba IOI paper's positional picture (Ensign & Garriga-Alonso 2024; REFERENCE.md 9): positional
+"""The Mamba IOI paper's positional picture (Ensign & Garriga-Alonso 2024; Ensign & Garriga-Alonso 2024): positional
 EAP-IG scores as an edge x position heatmap, and each layer's importance.
 
 Both read the ``positional_scores.parquet`` that the discover stage writes for a pair with

@@ -1,4 +1,4 @@
-"""Adversarial circuit evaluation (uit de Bos & Garriga-Alonso 2024; REFERENCE.md 6).
+"""Adversarial circuit evaluation (uit de Bos & Garriga-Alonso 2024; uit de Bos & Garriga-Alonso 2024).
 
 A circuit is judged by its worst inputs, not its average: for every pair of a clean input x_i and a
 corrupted input x'_j, the circuit runs on x_i with every ablated edge carrying x'_j's activation

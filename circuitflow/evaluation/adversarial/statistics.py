@@ -1,5 +1,5 @@
 """Statistics of per-pair losses (lower is better): summaries with z-scores, the order-statistic
-upper bound on a percentile (REFERENCE.md 6), and the worst pairs of a pair-KL file."""
+upper bound on a percentile (uit de Bos & Garriga-Alonso 2024), and the worst pairs of a pair-KL file."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def _sorted_sample(values: np.ndarray, p: float) -> np.ndarray:
 
 
 def order_statistic_bound(values: np.ndarray, p: float, eps: float) -> PercentileBound:
-    """Upper bound on the p-th quantile (REFERENCE.md 6): the ceil((p + eps) n)-th smallest sample.
+    """Upper bound on the p-th quantile (uit de Bos & Garriga-Alonso 2024): the ceil((p + eps) n)-th smallest sample.
 
     For n i.i.d. samples of a continuous loss, P(X_(k) >= q_p) = P(Binom(n, p) <= k - 1), so the bound
     holds with probability BinomCDF(k - 1; n, p).  values: (n,); p a fraction, eps >= 0.
