@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engine", ("circuitflow.patching",)),
     ("shared", ("circuitflow.metrics", "circuitflow.ablation", "circuitflow.store", "circuitflow.store_format")),
     ("behaviors", ("circuitflow.behaviors",)),
-    ("models", ("circuitflow.models",)),
+    ("models", ("circuitflow.models", "circuitflow.planner")),  # planner: the Sokoban planner kind's environment, network, training
     ("methods", ("circuitflow.discovery", "circuitflow.evaluation")),
     ("report", ("circuitflow.report",)),
     ("stages", ("circuitflow.stages",)),
@@ -33,7 +33,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]  # the CLI lives with the orchestration (flows/cli.py)
 # Top-level modules that are packages of their own layer: their submodules share their entry.
 PACKAGES = ("circuitflow.settings", "circuitflow.patching", "circuitflow.behaviors", "circuitflow.models",
-            "circuitflow.discovery", "circuitflow.evaluation", "circuitflow.report", "circuitflow.stages")
+            "circuitflow.planner", "circuitflow.discovery", "circuitflow.evaluation", "circuitflow.report",
+            "circuitflow.stages")
 
 # The orchestration and its tools live above the library (flows/, tasks/).
 ORCHESTRATION = ("prefect", "prefect_dask", "dvc", "mlflow", "flows", "tasks")
