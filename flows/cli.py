@@ -21,11 +21,14 @@ import argparse
 import os
 import subprocess
 import sys
+import traceback
+from pathlib import Path
 
 from circuitflow.settings import load_settings
 from circuitflow.stages import STAGE_NAMES, STAGES, get_stage
 
 DEFAULT_PARAMS = "params.yaml"
+LOG_FILE = Path("logs") / "circuitflow.log"  # flows/logs.py writes Prefect's records there too
 
 
 def _quiet_offline_environment() -> None:
@@ -36,6 +39,10 @@ def _quiet_offline_environment() -> None:
         "DVC_NO_ANALYTICS": "1",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "1",
+        # one line per log record on the console, tracebacks in logs/circuitflow.log (flows/logs.py)
+        "PREFECT_LOGGING_SETTINGS_PATH": str(Path(__file__).with_name("logging.yml")),
+        # Prefect's temporary server gets 20 s to start by default, which a busy 2-core machine misses
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     }.items():
         os.environ.setdefault(key, value)
 
@@ -115,6 +122,19 @@ def main(argv: list[str] | None = None) -> int:
         # A known mistake (bad params, missing artefact, corrupt file): one sentence, no traceback.
         print(f"circuitflow: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("circuitflow: interrupted; the interrupted stage's previous outputs are as they were.", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug: one line here, the traceback in the log file
+        _log_traceback()
+        print(f"circuitflow: {type(error).__name__}: {error} (traceback in {LOG_FILE})", file=sys.stderr)
+        return 1
+
+
+def _log_traceback() -> None:
+    LOG_FILE.parent.mkdir(exist_ok=True)
+    with LOG_FILE.open("a", encoding="utf-8") as log:
+        log.write(traceback.format_exc())
 
 
 if __name__ == "__main__":
