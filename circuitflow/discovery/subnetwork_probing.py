@@ -38,7 +38,7 @@ from circuitflow.ablation import select_examples
 from circuitflow.graph import Graph
 from circuitflow.metrics import positions_kl
 from circuitflow.numerics import flush_denormal
-from circuitflow.patching import run_circuits
+from circuitflow.patching import full_model_logits, run_circuits
 from circuitflow.settings import SpSettings
 
 Level = Literal["edge", "node"]
@@ -132,11 +132,6 @@ def _check(lam: float, steps: int, lr: float, batch_size: int) -> None:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
 
 
-def _full_model_logits(model: HookedTransformer, clean: torch.Tensor, batch_size: int) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([model(clean[start : start + batch_size]) for start in range(0, clean.shape[0], batch_size)])
-
-
 def subnetwork_probing(
     model: HookedTransformer,
     graph: Graph,
@@ -171,7 +166,7 @@ def subnetwork_probing(
     log_alpha = torch.full((n_gates,), float(init), dtype=dtype, requires_grad=True)
     optimizer = torch.optim.Adam([log_alpha], lr=lr)
     n_examples = clean.shape[0]
-    targets = _full_model_logits(model, clean, batch_size)
+    targets = full_model_logits(model, graph, clean, batch_size=batch_size)
     order: list[torch.Tensor] = []
     losses = torch.empty(steps, dtype=torch.float64)
     for step in tqdm(range(steps), desc=f"SP ({level}, lambda={lam:g})", disable=not progress):

@@ -13,7 +13,7 @@ from transformer_lens import HookedTransformer
 
 from circuitflow.ablation import select_examples
 from circuitflow.graph import Graph
-from circuitflow.patching import run_circuits
+from circuitflow.patching import full_model_logits, run_circuits
 
 # score(circuit logits (batch, pos, vocab), model logits (batch, pos, vocab), example indices) -> (batch,)
 Score = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -41,7 +41,7 @@ def per_example_scores(
         for start in range(0, n_examples, batch_size):
             index = torch.arange(start, min(start + batch_size, n_examples))
             batch_ablated = select_examples(ablated, index)
-            model_logits = model(clean[index])
+            model_logits = full_model_logits(model, graph, clean[index])
             for first in range(0, masks.shape[0], circuits_per_call):
                 chunk = masks[first : first + circuits_per_call]
                 logits = run_circuits(model, graph, clean[index], batch_ablated, chunk)

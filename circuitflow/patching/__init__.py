@@ -193,6 +193,15 @@ def source_outputs(model: HookedTransformer, graph: Graph, tokens: torch.Tensor)
     return outputs[0].clone()
 
 
+def full_model_logits(model: HookedTransformer, graph: Graph, tokens: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
+    """The model's own forward pass (not the engine's) on ``tokens`` (batch, pos), without gradients,
+    in batches of ``batch_size`` (default: one): logits (batch, pos, vocab).  A Mamba model's runs
+    with subnormals flushed, as the engine's passes do (``numerics.py``)."""
+    step = batch_size or max(tokens.shape[0], 1)
+    with torch.no_grad(), flush_denormal(graph.is_mamba):
+        return torch.cat([model(tokens[start : start + step]) for start in range(0, tokens.shape[0], step)])
+
+
 def run_circuits(
     model: HookedTransformer,
     graph: Graph,
