@@ -52,22 +52,28 @@ def search_sizes(n_edges: int) -> list[int]:
 
 
 def cut_circuit(
-    graph: Graph, scores: torch.Tensor, rule: CircuitRule, recovered: Callable[[torch.Tensor], torch.Tensor],
+    graph: Graph, scores: torch.Tensor, rule: CircuitRule, measure: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     truth_size: int | None = None,
-) -> tuple[Circuit, float]:
-    """The circuit a method's scores give under ``rule``, and the fraction of the model's score it recovers.
+) -> tuple[Circuit, float, float]:
+    """The circuit a method's scores give under ``rule``, with the fraction of the model's score it
+    recovers and its accuracy.
 
     ``rule.size``: an integer (the top-n edges), or ``ground_truth``: the known circuit's size
     (``truth_size``) where there is one, so methods are compared at equal size; otherwise the
-    smallest top-n circuit whose recovered fraction reaches ``rule.recovered``.
-    recovered: (circuit, n_edges) masks, the first empty and the last full -> (circuit,) fractions
-    of the model's score recovered, 0 for the empty circuit and 1 for the model.
+    smallest top-n circuit whose accuracy reaches ``rule.accuracy`` when that is set, else whose
+    recovered fraction reaches ``rule.recovered``.
+    measure: (circuit, n_edges) masks, the first empty and the last full -> ((circuit,) fractions
+    of the model's score recovered, 0 for the empty circuit and 1 for the model; (circuit,)
+    accuracies in [0, 1]).
     """
     size = truth_size if rule.size == "ground_truth" else rule.size
     sizes = search_sizes(graph.n_edges) if size is None else [0, size, graph.n_edges]
-    fractions = recovered(top_n_masks(graph, scores, sizes)).tolist()
+    recovered, accuracy = (values.tolist() for values in measure(top_n_masks(graph, scores, sizes)))
     if size is not None:
-        return top_n(graph, scores, size), float(fractions[1])
-    reaching = [n for n, fraction in zip(sizes, fractions) if fraction >= rule.recovered]
+        return top_n(graph, scores, size), float(recovered[1]), float(accuracy[1])
+    reached = accuracy if rule.accuracy is not None else recovered
+    target = rule.accuracy if rule.accuracy is not None else rule.recovered
+    reaching = [n for n, value in zip(sizes, reached) if value >= target]
     n_keep = reaching[0] if reaching else graph.n_edges
-    return top_n(graph, scores, n_keep), float(fractions[sizes.index(n_keep)])
+    at = sizes.index(n_keep)
+    return top_n(graph, scores, n_keep), float(recovered[at]), float(accuracy[at])

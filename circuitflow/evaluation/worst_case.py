@@ -48,17 +48,26 @@ def _per_circuit(path: Path, circuits: list[str], tested: str, confidence: float
                 row.update(p99_bound=bound.value, p99_bound_confidence=bound.confidence)
             except ValueError:  # too few pairs for any order statistic to bound the 99th percentile
                 row.update(p99_bound=None, p99_bound_confidence=None)
-            verdict = tail_verdict(values)
-            tails.append({"circuit": name, "verdict": verdict.verdict, "alpha": verdict.alpha, "exponential_alpha": verdict.exponential_alpha,
-                          "z": verdict.z, "explanation": verdict.explain()})
-            hills.append(hill_estimates(values).with_columns(pl.lit(name).alias("circuit")))
-            for distribution in ("normal", "exponential"):
-                qqs.append(qq_points(values, distribution).with_columns(pl.lit(name).alias("circuit"), pl.lit(distribution).alias("distribution")))
-            metrics[f"adversarial_{label}_heavy_tail"] = float(verdict.heavy)
+            try:
+                verdict = tail_verdict(values)
+            except ValueError as error:  # (near-)constant KL, e.g. a circuit that is the whole model: no tail
+                tails.append({"circuit": name, "verdict": "undetermined", "alpha": None, "exponential_alpha": None, "z": None,
+                              "explanation": str(error)})
+                metrics[f"adversarial_{label}_heavy_tail"] = 0.0
+            else:
+                tails.append({"circuit": name, "verdict": verdict.verdict, "alpha": verdict.alpha, "exponential_alpha": verdict.exponential_alpha,
+                              "z": verdict.z, "explanation": verdict.explain()})
+                hills.append(hill_estimates(values).with_columns(pl.lit(name).alias("circuit")))
+                for distribution in ("normal", "exponential"):
+                    qqs.append(qq_points(values, distribution).with_columns(pl.lit(name).alias("circuit"), pl.lit(distribution).alias("distribution")))
+                metrics[f"adversarial_{label}_heavy_tail"] = float(verdict.heavy)
         summary.append(row)
         metrics[f"adversarial_{label}_p99"] = row["p99"]
         metrics[f"adversarial_{label}_max"] = row["max"]
-    tables = {"summary": pl.DataFrame(summary), "tails": pl.DataFrame(tails), "hill": pl.concat(hills), "qq": pl.concat(qqs)}
+    hill_schema = {"k": pl.Int64, "hill": pl.Float64, "alpha": pl.Float64, "circuit": pl.String}
+    tables = {"summary": pl.DataFrame(summary), "tails": pl.DataFrame(tails),
+              "hill": pl.concat(hills, how="diagonal") if hills else pl.DataFrame(schema=hill_schema),
+              "qq": pl.concat(qqs, how="diagonal") if qqs else pl.DataFrame(schema={"circuit": pl.String, "distribution": pl.String})}
     return tables, metrics
 
 

@@ -13,6 +13,19 @@ from circuitflow.settings.parsing import SettingsError, _closest, setting
 
 # ---- pairs --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class CircuitRule:
+    """Each method's saved circuit: ``size`` edges (top-n), or where the model has a known circuit
+    and size is ``ground_truth`` its size; otherwise the smallest top-n circuit recovering
+    ``recovered`` of the model's score, or, with ``accuracy`` set, the smallest top-n circuit whose
+    accuracy (the fraction of examples on which the answer beats the counterfactual answer, the
+    behavior's score below zero) reaches it (Ensign & Garriga-Alonso's 85% for Mamba)."""
+
+    size: int | Literal["ground_truth"] = setting("ground_truth", low=0)
+    recovered: float = setting(0.8, low=1e-9, high=1.0)
+    accuracy: float | None = setting(None, low=1e-9, high=1.0)
+
+
+@dataclass(frozen=True)
 class PairSettings:
     """One (model, behavior) pair: the unit the DAG fans out over."""
 
@@ -23,6 +36,7 @@ class PairSettings:
     ablation: Ablation = Ablation.RESAMPLE
     batch_size: int = setting(64, low=1)
     positional: bool = False  # also score every edge at every position (positional EAP-IG)
+    circuit: CircuitRule | None = None  # this pair's circuit rule, instead of discover.circuit
     name: str = field(default="", metadata={"key": "__name__"})  # set from the pairs mapping's key
 
     def check(self, where: str) -> None:
@@ -108,16 +122,6 @@ class EnsembleSettings:
 
 
 @dataclass(frozen=True)
-class CircuitRule:
-    """Each method's saved circuit: ``size`` edges (top-n), or where the model has a known circuit
-    and size is ``ground_truth`` its size; otherwise the smallest top-n circuit recovering
-    ``recovered`` of the model's score."""
-
-    size: int | Literal["ground_truth"] = setting("ground_truth", low=0)
-    recovered: float = setting(0.8, low=1e-9, high=1.0)
-
-
-@dataclass(frozen=True)
 class DiscoverSettings:
     methods: tuple[Literal["acdc", "eap", "eap-ig", "hisp", "sp", "edge-pruning", "ensemble"], ...] = METHODS
     acdc: AcdcSettings = setting(factory=AcdcSettings)
@@ -184,8 +188,21 @@ class AdversarialSettings:
 
 
 @dataclass(frozen=True)
+class ResampleSettings:
+    """Resample ablation over K corrupted inputs per clean input (``evaluation/resamples.py``): copy
+    j = 0 is the pair's own pairing, copy j >= 1 a permutation of the corrupted inputs seeded by
+    (seed, j); the circuit's outputs are aggregated as the mean of the K logits or the log of the
+    mean of the K probabilities.  K = 1 is the pair's own resample ablation, unchanged."""
+
+    k: int = setting(1, low=1)
+    aggregate: Literal["logits", "probabilities"] = "logits"
+    seed: int = setting(0, low=0)
+
+
+@dataclass(frozen=True)
 class EvaluateSettings:
     faithfulness_points: int = setting(20, low=2)  # circuit sizes on the faithfulness curve (log-spaced)
+    resamples: ResampleSettings = setting(factory=ResampleSettings)  # resample pairs only
     circuit: str | None = None  # the circuit under test where the model has no ground truth; null: the first method
     hypothesis_tests: HypothesisTestSettings | None = setting(factory=HypothesisTestSettings)
     adversarial: AdversarialSettings | None = setting(factory=AdversarialSettings)

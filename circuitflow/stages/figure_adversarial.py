@@ -8,6 +8,7 @@ import polars as pl
 
 from circuitflow.evaluation.adversarial import pair_kl_circuits, read_pair_kl
 from circuitflow.io import write_json_atomic
+from circuitflow.report.dvc_curves import overlay
 from circuitflow.report.adversarial_figures import (
     plot_grouped_heatmap,
     plot_hill,
@@ -42,10 +43,11 @@ def run(settings: Settings, out: Path) -> StepResult:
         hill, qq = pl.read_parquet(adversarial_dir / "hill.parquet"), pl.read_parquet(adversarial_dir / "qq.parquet")
         tested = qq.filter(pl.col("circuit") == "circuit")
         verdict = tail.filter(pl.col("circuit") == "circuit")["verdict"][0]
-        plot_hill(hill.filter(pl.col("circuit") == "circuit"), out / f"hill_{name}.png", f"{name}: Hill plot of the circuit's KL ({verdict} tail)", formats=("png",))
-        plot_qq(tested.filter(pl.col("distribution") == "normal"), tested.filter(pl.col("distribution") == "exponential"),
-                out / f"qq_{name}.png", f"{name}: Q-Q plots of the circuit's KL", formats=("png",))
-        write_csv(out / "curves" / f"{name}_hill.csv", hill.filter(pl.col("circuit") == "circuit").select("k", "alpha"))
+        if not tested.is_empty():  # empty where the circuit's KL has no tail (constant, e.g. the whole model)
+            plot_hill(hill.filter(pl.col("circuit") == "circuit"), out / f"hill_{name}.png", f"{name}: Hill plot of the circuit's KL ({verdict} tail)", formats=("png",))
+            plot_qq(tested.filter(pl.col("distribution") == "normal"), tested.filter(pl.col("distribution") == "exponential"),
+                    out / f"qq_{name}.png", f"{name}: Q-Q plots of the circuit's KL", formats=("png",))
+        write_csv(out / "curves" / f"{name}.csv", overlay(name, {"circuit": hill.filter(pl.col("circuit") == "circuit")}, "k", "alpha"))
         if (adversarial_dir / "ioi_groups.parquet").exists():
             plot_grouped_heatmap(pl.read_parquet(adversarial_dir / "ioi_groups.parquet"), out / f"ioi_groups_{name}.png",
                                  f"{name}: mean KL by IO name and template", row_name="IO name", column_name="template", formats=("png",))
@@ -56,4 +58,5 @@ def run(settings: Settings, out: Path) -> StepResult:
         write_csv(out / "worst.csv", pl.concat(worst).select("pair", "rank", "kl", "clean_text", "corrupted_text"))
     else:
         write_json_atomic(out / "skipped.json", {"skipped": "no pair has an adversarial evaluation"})
-    return StepResult(metrics={f"{r['pair']}_{r['circuit'].replace(' ', '_')}_p99": r["p99"] for s in summaries for r in s.iter_rows(named=True)})
+    return StepResult(metrics={f"{r['pair']}_{r['circuit'].replace(' ', '_')}_p99": r["p99"] for s in summaries for r in s.iter_rows(named=True)},
+                      params={"pairs": list(settings.pairs)})
