@@ -16,7 +16,8 @@ export MALLOC_TRIM_THRESHOLD_ = 1073741824
 
 .PHONY: setup chromium run run-full run-flow test test-fast test-training bench ui serve clean
 
-setup: $(VENV)/.installed .dvc/plots/offline.html chromium
+# What `make run` needs; the tests also need Chromium (the browser tests of the report and MLflow).
+setup: $(VENV)/.installed .dvc/plots/offline.html
 
 # Debian's Chromium, for the test that opens the MLflow UI headless (no-op when present).
 chromium:
@@ -66,13 +67,13 @@ ORGANISM_TRAINING = $(addprefix --deselect ,$(TRAINING))
 # The venv's bin first on PATH: the end-to-end tests run `circuitflow` and `dvc` as a user would.
 TEST_PATH = PATH="$(abspath $(BIN)):$$PATH"
 
-test: setup
+test: setup chromium
 	$(TEST_PATH) $(BIN)/python -m pytest -q --durations=15 $(ORGANISM_TRAINING)
 
 test-training: setup
 	$(TEST_PATH) $(BIN)/python -m pytest -q $(TRAINING)
 
-test-fast: setup
+test-fast: setup chromium
 	$(TEST_PATH) $(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup

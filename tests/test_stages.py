@@ -26,7 +26,7 @@ def settings(tmp_path, monkeypatch):
 
 def test_the_registry_runs_in_dag_order_and_knows_its_keys(settings):
     assert STAGE_NAMES[:5] == ("models", "generate", "cache", "discover", "evaluate") and STAGE_NAMES[-1] == "report"
-    assert set(FIGURES) == {"roc", "faithfulness", "hypothesis", "adversarial", "siit", "positional"}
+    assert set(FIGURES) >= {"roc", "faithfulness", "hypothesis", "adversarial", "mib", "siit", "positional"}
     seen = set()
     for stage in STAGES:
         assert set(stage.upstream) <= seen, f"{stage.name} runs before its upstream"
@@ -84,3 +84,20 @@ def test_parquet_provenance_round_trips(tmp_path):
     write_parquet(tmp_path / "x.parquet", pl.DataFrame({"a": [1, 2]}), {"graph": {"n_layers": 2}, "settings": {"steps": 5}})
     assert read_provenance(tmp_path / "x.parquet") == {"graph": {"n_layers": 2}, "settings": {"steps": 5}}
     assert pl.read_parquet(tmp_path / "x.parquet")["a"].to_list() == [1, 2]
+
+
+def test_the_device_setting_is_validated_and_resolved():
+    import torch
+
+    from circuitflow.numerics import resolve_device
+    from circuitflow.settings import parse_settings
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert parse_settings(raw).compute.device == "auto"
+    with pytest.raises(SettingsError, match="`compute.device` must be one of auto, cpu, cuda, got str 'gpu'"):
+        parse_settings({**raw, "compute": {"device": "gpu"}})
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="compute.device is cuda but torch sees no GPU"):
+            resolve_device("cuda")

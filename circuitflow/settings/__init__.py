@@ -61,6 +61,7 @@ from circuitflow.settings.sections import (  # noqa: F401  (re-exported: import 
     AcdcSettings,
     AdversarialSettings,
     CircuitRule,
+    ComputeSettings,
     DeploymentSettings,
     DiscoverSettings,
     EapIgSettings,
@@ -91,9 +92,10 @@ class Settings:
     deployments: DeploymentSettings
     mlflow: MlflowSettings
     raw: Mapping[str, Any]
+    compute: ComputeSettings = ComputeSettings()
     path: str = "params.yaml"
 
-    SECTIONS: ClassVar[tuple[str, ...]] = ("models", "pairs", "discover", "evaluate", "prefect", "deployments", "mlflow")
+    SECTIONS: ClassVar[tuple[str, ...]] = ("models", "pairs", "discover", "evaluate", "compute", "prefect", "deployments", "mlflow")
 
     def model(self, name: str) -> ModelSettings:
         if name not in self.models:
@@ -161,6 +163,7 @@ def parse_settings(raw: Mapping[str, Any], path: str = "params.yaml") -> Setting
         prefect=parse(PrefectSettings, raw.get("prefect"), "prefect"),
         deployments=parse(DeploymentSettings, raw.get("deployments"), "deployments"),
         mlflow=parse(MlflowSettings, raw.get("mlflow"), "mlflow"),
+        compute=parse(ComputeSettings, raw.get("compute"), "compute"),
         raw=types.MappingProxyType(dict(raw)), path=str(path),
     )
     _check_references(settings)

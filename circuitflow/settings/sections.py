@@ -249,5 +249,14 @@ class DeploymentSettings:
 
 
 @dataclass(frozen=True)
+class ComputeSettings:
+    """Where the stages compute: ``auto`` (CUDA when torch sees a GPU, else the CPU), ``cpu`` or
+    ``cuda``.  Discovery and evaluation follow it (the model, the examples and the ablation values
+    move there); training stays on the CPU, where its bytes are pinned."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass(frozen=True)
 class MlflowSettings:
     experiment: str = "circuitflow"

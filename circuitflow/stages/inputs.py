@@ -13,6 +13,7 @@ from circuitflow.behaviors import Behavior, get_behavior
 from circuitflow.circuit import Circuit
 from circuitflow.discovery import DiscoveryTask
 from circuitflow.models import LoadedModel, load_model
+from circuitflow.numerics import resolve_device
 from circuitflow.settings import PairSettings, Settings
 from circuitflow.stages.artefacts import cache_dir, load_dataset, model_dir
 
@@ -75,8 +76,11 @@ class PairInputs:
 
 
 def load_pair(settings: Settings, name: str) -> PairInputs:
+    """The pair's model, behavior, examples and ablation values, on ``compute.device``."""
     pair = settings.pair(name)
+    device = resolve_device(settings.compute.device)
     loaded = load_model(model_dir(pair.model))
+    loaded.model.to(device)
     behavior = get_behavior(pair.behavior)
-    examples = behavior.encode(load_dataset(name), loaded.tokenizer)
-    return PairInputs(pair, loaded, behavior, examples, ablation_values_from_cache(pair.ablation, cache_dir(name)))
+    examples = {key: value.to(device) for key, value in behavior.encode(load_dataset(name), loaded.tokenizer).items()}
+    return PairInputs(pair, loaded, behavior, examples, ablation_values_from_cache(pair.ablation, cache_dir(name)).to(device))
