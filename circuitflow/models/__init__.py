@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from circuitflow.models import checkpoint, mamba, organisms, pretrained, siit, tracr_kind
+from circuitflow.models import checkpoint, mamba, organisms, posterior, pretrained, siit, tracr_kind
 from circuitflow.models.kind import LoadedModel, ModelKind
 
 __all__ = ["MODEL_KINDS", "LoadedModel", "ModelKind", "load_model"]
@@ -23,6 +23,7 @@ MODEL_KINDS: dict[str, ModelKind] = {
     "siit": siit.KIND,
     "mamba": mamba.KIND,
     "checkpoint": checkpoint.KIND,
+    "posterior": posterior.KIND,
 }
 
 

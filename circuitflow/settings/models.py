@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from circuitflow.settings.options import Ablation
 from circuitflow.settings.parsing import SettingsError, _closest, parse, setting
 
 
@@ -72,6 +73,41 @@ class OrganismModel:
         """The training settings as the trainer takes them (d_mlp filled in)."""
         values = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("kind", "behavior")}
         return {**values, "d_mlp": values["d_mlp"] or 4 * self.d_model}
+
+
+@dataclass(frozen=True)
+class PosteriorModel(OrganismModel):
+    """``n_samples`` weight vectors of an organism's tempered posterior (``models/posterior.py``):
+    the organism's architecture, data and Adam training for ``steps`` (a warm start), then SG-MCMC
+    under ``prior`` at ``temperature`` with a cyclical step size, one sample at the end of each of
+    ``n_samples`` cycles of ``cycle_steps``; beside them ``n_samples`` organisms trained by Adam
+    from seeds 0 .. n_samples - 1 for ``steps + n_samples * cycle_steps`` steps (the baseline).
+    The posterior stage runs ``methods`` on each of them, on ``n_examples`` of the behavior."""
+
+    kind: Literal["posterior"]
+    n_samples: int = setting(3, low=1)
+    sampler: Literal["sgld", "sghmc"] = "sgld"
+    prior: Literal["gaussian", "laplace", "student-t", "scale-mixture"] = "gaussian"
+    prior_scale: float = setting(1.0, low=1e-12)
+    temperature: float = setting(1.0, low=0)
+    step_size: float = setting(1e-3, low=1e-12)  # the cycles' peak, per training example (epsilon N)
+    friction: float = setting(0.1, low=1e-12, high=1)  # SGHMC only: the momentum lost per step
+    cycle_steps: int = setting(50, low=1)
+    methods: tuple[Literal["acdc", "eap", "eap-ig", "hisp", "sp", "edge-pruning", "ensemble"], ...] = ("eap-ig",)
+    n_examples: int = setting(100, low=2)
+    ablation: Ablation = Ablation.RESAMPLE
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        if self.sampler == "sgld" and self.friction != PosteriorModel.friction:
+            raise SettingsError(f"`{where}.friction` applies to the sghmc sampler only; drop it for sgld.")
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise SettingsError(f"`{where}.methods` must list at least one discovery method, each once.")
+
+    def organism(self) -> dict[str, Any]:
+        """The organism settings of the warm start (``organisms.SETTINGS``, d_mlp filled in)."""
+        names = {f.name for f in dataclasses.fields(OrganismModel)}
+        return {k: v for k, v in OrganismModel.training(self).items() if k in names}
 
 
 @dataclass(frozen=True)
@@ -153,9 +189,9 @@ class CheckpointModel:
 
 MODEL_KINDS: dict[str, type] = {
     "tracr": TracrModel, "organism": OrganismModel, "siit": SiitModel, "mamba": MambaModel,
-    "pretrained": PretrainedModel, "checkpoint": CheckpointModel,
+    "pretrained": PretrainedModel, "checkpoint": CheckpointModel, "posterior": PosteriorModel,
 }
-ModelSettings = TracrModel | OrganismModel | SiitModel | MambaModel | PretrainedModel | CheckpointModel
+ModelSettings = TracrModel | OrganismModel | SiitModel | MambaModel | PretrainedModel | CheckpointModel | PosteriorModel
 
 
 def parse_model(value: Any, where: str) -> ModelSettings:

@@ -40,6 +40,7 @@ from circuitflow.stages.artefacts import (
     read_parquet,
     write_parquet,
 )
+from circuitflow.stages.evaluate_resamples import write_resample_outputs
 from circuitflow.stages.inputs import PairInputs, load_pair
 
 
@@ -191,6 +192,7 @@ def run(settings: Settings, name: str, out: Path) -> StepResult:
     _hypothesis_tests(settings, inputs, out, result)
     _adversarial(settings, inputs, out, result)
     write_parquet(out / "faithfulness.parquet", curves)
+    write_resample_outputs(settings, inputs, saved_circuits(settings, inputs), curves, out)  # evaluate.resamples: K corrupted inputs per clean one
     write_parquet(out / "roc.parquet", roc)  # empty without a ground truth, so every pair has the same outputs
     write_json_atomic(out / "evaluation.json", result.metrics)  # every number, for the figures and MLflow
     write_json_atomic(out / "metrics.json", headline(settings, result.metrics))  # DVC's metric: a few stable columns
