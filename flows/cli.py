@@ -75,10 +75,25 @@ def _check(params_path: str) -> int:
 
 
 def _ui(params_path: str, port: int) -> int:
-    from tasks.tracking import DEFAULT_TRACKING_URI
+    """Serve the MLflow UI on loopback and print the address of the experiment's runs page (the
+    experiment params.yaml names; MLflow 3's landing page would show its GenAI overview instead)."""
+    from tasks.tracking import DEFAULT_TRACKING_URI, runs_url, share_runs_view
 
     uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-    print(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C stops it)")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        experiment = load_settings(params_path).mlflow.experiment
+    except (ValueError, OSError):  # no readable params file here: the UI still serves every experiment
+        experiment = None
+    import mlflow  # only here: the other commands answer without it
+
+    found = experiment and mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    if found:  # and a saved view of the same runs grouped by pair, with their pair, model and behavior
+        grouped = runs_url(base, found.experiment_id, view=share_runs_view(found.experiment_id, "circuitflow-by-pair"))
+        print(f"MLflow UI for {uri}: the runs of {experiment!r} at {runs_url(base, found.experiment_id)}\n"
+              f"  grouped by pair: {grouped}\n  one pair's runs: type tags.pair = \"<pair>\" in the search box (Ctrl-C stops the UI)", flush=True)
+    else:
+        print(f"MLflow UI for {uri} at {base} (no runs of experiment {experiment!r} yet; Ctrl-C stops it)", flush=True)
     # One web worker and no job runners: the UI answers in seconds instead of about a minute.
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]

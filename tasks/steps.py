@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from circuitflow.settings import load_settings
 from circuitflow.stages import STAGES, get_stage
-from tasks.tracking import log_step, mlflow_run
+from tasks.tracking import log_step, mlflow_run, stage_tags
 
 
 def run_stage(name: str, key: str | None, params_path: str, parent_run: str | None = None) -> dict[str, float]:
@@ -17,7 +17,7 @@ def run_stage(name: str, key: str | None, params_path: str, parent_run: str | No
     settings = load_settings(params_path)
     stage = get_stage(name)
     label = stage.label(key)
-    with mlflow_run(label, settings.mlflow.experiment, tags={"dvc_stage": label}, nested_under=parent_run):
+    with mlflow_run(label, settings.mlflow.experiment, tags=stage_tags(settings, stage, key), nested_under=parent_run):
         result = stage.run(settings, key)
         log_step(result.params, result.metrics, result.artifacts, result.curves)
     return result.metrics

@@ -1,16 +1,25 @@
 """MLflow logging for pipeline steps: one run per step, nested under one pipeline run.
 
 The tracking store is ``sqlite:///mlflow.db`` in the project root unless ``MLFLOW_TRACKING_URI``
-points elsewhere (a shared server).  Each run is tagged with the git commit and the DVC stage.
+points elsewhere (a shared server).  Each run is tagged with the git commit, the DVC stage and, for a
+keyed stage, what it ran on (``stage_tags``: pair, model, behavior), so the UI's search box finds a
+pair's runs (``tags.pair = "ioi"``); its params are every setting the stage used, flattened to
+dotted names (``discover.acdc.thresholds``); its artefacts are every file it wrote.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from circuitflow.settings import Settings
+    from circuitflow.stages import Stage
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_RUN_ENV = "CIRCUITFLOW_PARENT_RUN_ID"
@@ -32,6 +41,46 @@ def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = str(value)[:500]
     return flat
+
+
+def stage_tags(settings: Settings, stage: Stage, key: str | None) -> dict[str, str]:
+    """The tags of one stage run: ``dvc_stage`` (its DVC label), and ``pair``, ``model`` and
+    ``behavior`` where the stage runs for a pair, ``model`` where it runs for a model."""
+    tags = {"dvc_stage": stage.label(key)}
+    if stage.key == "pair" and key is not None:
+        pair = settings.pair(key)
+        tags.update(pair=key, model=pair.model, behavior=pair.behavior)
+    elif stage.key == "model" and key is not None:
+        tags["model"] = key
+    return tags
+
+
+def runs_url(base: str, experiment_id: str, search: str | None = None, view: str | None = None) -> str:
+    """The MLflow UI's page listing an experiment's runs (MLflow 3's experiment page, not its GenAI
+    overview), filtered by a search expression such as ``tags.pair = "ioi"`` or showing a view
+    saved by ``share_runs_view`` (MLflow ignores a view when the address also has a search)."""
+    url = f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    if search:
+        return f"{url}?searchFilter={quote(search, safe='')}"
+    return f"{url}?viewStateShareKey={quote(view, safe='')}" if view else url
+
+
+def share_runs_view(experiment_id: str, name: str, *, search: str = "", params: tuple[str, ...] = (),
+                    tags: tuple[str, ...] = ("pair", "model", "behavior"), group_by: str | None = "pair") -> str:
+    """Save a view of the runs table as MLflow's UI shares one (the experiment tag
+    ``mlflow.sharedViewState.<name>``): runs matching ``search``, the columns of the params and tags
+    named, grouped by the tag ``group_by`` (the stage runs of a pair together, out from under their
+    pipeline run); returns ``name`` for ``runs_url(..., view=name)``."""
+    import json
+
+    import mlflow
+
+    configure()
+    columns = [f"params.`{p}`" for p in params] + [f"tags.`{t}`" for t in tags]
+    state = {"searchFilter": search, "selectedColumns": columns, "columnWidths": {c: 240 for c in columns[: len(params)]},
+             "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": group_by}]} if group_by else None}
+    mlflow.MlflowClient().set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{name}", json.dumps(state))
+    return name
 
 
 def configure() -> None:
@@ -78,7 +127,8 @@ def log_step(params: dict[str, Any], metrics: dict[str, float], artifacts: list[
         run_id = mlflow.active_run().info.run_id
         for start in range(0, len(history), 1000):  # MLflow's batch limit
             mlflow.MlflowClient().log_batch(run_id, metrics=history[start : start + 1000])
-    for path in artifacts:
-        path = Path(path)
-        if path.is_file():
-            mlflow.log_artifact(str(path))
+    files = [Path(path) for path in artifacts if Path(path).is_file()]
+    root = Path(os.path.commonpath([str(path.parent) for path in files])) if files else None
+    for path in files:  # under their folder relative to the stage's directory (curves/ioi.csv), not flattened
+        folder = path.parent.relative_to(root).as_posix()
+        mlflow.log_artifact(str(path), artifact_path=None if folder == "." else folder)

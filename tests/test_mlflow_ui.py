@@ -4,7 +4,8 @@ Runs are logged through tasks.tracking (as the pipeline logs them) into a tempor
 `circuitflow ui` serves it on loopback; headless Chromium (Debian's `chromium`) opens the experiment's
 runs, the pipeline run and one stage run, and the DOM after the JavaScript app has run must show
 them.  The screenshots are kept under artifacts/ (mlflow_ui.png: the experiment; mlflow_ui_run.png:
-one stage run with its metrics).
+one stage run with its metrics; mlflow_ui_pair.png: one pair's stage runs, found by their tag, with a
+method setting as a column).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 from project_copy import ROOT, free_port, stop, wait_for_http
 
 from circuitflow.io import write_atomic
-from tasks.tracking import log_step, mlflow_run
+from tasks.tracking import log_step, mlflow_run, runs_url, share_runs_view, stage_tags
 
 CHROMIUM = Path("/usr/bin/chromium")
 EXPERIMENT = "circuitflow-ui-test"
@@ -47,13 +48,13 @@ def log_pipeline_runs() -> tuple[str, dict[str, str], str]:
     return parent_id, children, parent.info.experiment_id
 
 
-def render(url: str, profile: Path, screenshot: Path, height: int = 1000) -> str:
+def render(url: str, profile: Path, screenshot: Path, height: int = 1000, width: int = 1600) -> str:
     """The page's DOM after its JavaScript has run (headless Chromium), and a screenshot of it."""
     shutil.rmtree(profile, ignore_errors=True)
     command = [
         str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", f"--window-size=1600,{height}", "--virtual-time-budget=20000",
+        f"--user-data-dir={profile}", f"--window-size={width},{height}", "--hide-scrollbars", "--virtual-time-budget=20000",
         f"--screenshot={screenshot}", "--dump-dom", url,
     ]
     result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=180)
@@ -137,5 +138,73 @@ def test_the_ui_shows_nested_runs_and_their_metrics(tmp_path, monkeypatch):
         for key, value in {**params, **metrics}.items():
             assert f"{key} {value}" in text, (key, value, text[:3000])
         keep(tmp_path / "run.png", "mlflow_ui_run.png")
+    finally:
+        stop(server)
+
+
+def log_pair_runs(params_path: Path, experiment: str, out: Path) -> tuple[str, str]:
+    """As the pipeline logs them (tasks/steps.py): a pipeline run, and per pair its generate and
+    discover runs nested under it, tagged by stage_tags, with the params the stages return and two
+    artefacts; returns (experiment id, discover@ioi's run id)."""
+    from circuitflow.settings import as_data, load_settings
+    from circuitflow.stages import get_stage
+
+    settings = load_settings(params_path)
+    (out / "curves").mkdir(parents=True)
+    artefacts = [out / "roc_ioi.png", out / "curves" / "ioi.csv"]
+    for path in artefacts:
+        path.write_text("x")
+    with mlflow_run("pipeline", experiment) as parent:
+        pass
+    runs = {}
+    for name, pair in settings.pairs.items():
+        stage_params = {"generate": {"behavior": pair.behavior, "n_examples": pair.n_examples, "seed": pair.seed},
+                        "discover": {"methods": list(settings.methods), "pair": as_data(pair),
+                                     "discover": {m: as_data(settings.discover.method(m)) for m in settings.methods}}}
+        for stage_name, params in stage_params.items():
+            stage = get_stage(stage_name)
+            with mlflow_run(stage.label(name), experiment, tags=stage_tags(settings, stage, name), nested_under=parent.info.run_id) as run:
+                log_step(params, {}, artefacts if stage_name == "discover" else [])
+                runs[stage.label(name)] = run.info.run_id
+    return parent.info.experiment_id, runs["discover@ioi"]
+
+
+def test_a_pairs_runs_found_by_their_tag_show_the_method_settings(tmp_path, monkeypatch):
+    import mlflow
+    import yaml
+    from project_copy import only_pairs
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    params = only_pairs(yaml.safe_load((ROOT / "params.yaml").read_text()), ["tracr-reverse", "ioi"])
+    params["mlflow"]["experiment"] = experiment = f"{EXPERIMENT}-pairs"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    experiment_id, discover_ioi = log_pair_runs(tmp_path / "params.yaml", experiment, tmp_path / "out")
+
+    # tags from the stage's key, every setting as a dotted param, artefacts under their folders
+    run = mlflow.MlflowClient().get_run(discover_ioi)
+    assert {k: run.data.tags[k] for k in ("pair", "model", "behavior", "dvc_stage")} == {
+        "pair": "ioi", "model": "ioi-organism", "behavior": "ioi", "dvc_stage": "discover@ioi"}
+    thresholds = run.data.params["discover.acdc.thresholds"]
+    assert thresholds == str(params["discover"]["acdc"]["thresholds"]) and "pair.ablation" in run.data.params
+    listed = {a.path for a in mlflow.MlflowClient().list_artifacts(discover_ioi)} | {a.path for a in mlflow.MlflowClient().list_artifacts(discover_ioi, "curves")}
+    assert {"roc_ioi.png", "curves/ioi.csv"} <= listed
+
+    port = free_port()
+    with open(tmp_path / "ui.log", "w") as log:
+        server = subprocess.Popen(["circuitflow", "ui", "--port", str(port)], cwd=tmp_path, env=dict(os.environ),
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base}/health", server, timeout=240)
+        printed = (tmp_path / "ui.log").read_text()
+        assert f"{base}/#/experiments/{experiment_id}/runs\n" in printed, printed  # the runs page, not the GenAI overview
+        # The search a researcher types (tags.pair = "ioi"), with the method setting as a column, grouped by pair.
+        view = share_runs_view(experiment_id, "ioi-acdc", search='tags.pair = "ioi"', params=("discover.acdc.thresholds",))
+        text = visible_text(render(runs_url(base, experiment_id, view=view), tmp_path / "profile", tmp_path / "pair.png"))
+        assert "discover.acdc.thresholds" in text and thresholds in text, text[:3000]
+        assert "Group: ioi" in text and "discover@ioi" in text and "generate@ioi" in text, text[:3000]
+        assert "tracr-reverse" not in text, text[:3000]
+        keep(tmp_path / "pair.png", "mlflow_ui_pair.png")
     finally:
         stop(server)

@@ -1,5 +1,6 @@
 import base64
 import re
+from typing import ClassVar
 
 import numpy as np
 import polars as pl
@@ -8,6 +9,15 @@ import pytest
 from circuitflow.circuit import Circuit
 from circuitflow.evaluation.roc import roc_points
 from circuitflow.graph import Graph
+from circuitflow.report import figures as figures_module
+from circuitflow.report.captions import CAPTIONS, caption
+from circuitflow.report.circuit_grid import edge_weights, plot_circuit_grid
+from circuitflow.report.dvc_curves import overlay, staircase
+from circuitflow.report.faithfulness_figures import (
+    plot_fraction_grid,
+    plot_fraction_recovered,
+    shared_limits,
+)
 from circuitflow.report.figures import (
     circuit_edges,
     circuit_layout,
@@ -16,6 +26,7 @@ from circuitflow.report.figures import (
     plot_roc,
 )
 from circuitflow.report.html import ReportSection, write_report
+from circuitflow.report.summary import glance_tables, pivot, table1_caption
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL_CIRCUIT = [
@@ -118,7 +129,7 @@ def make_report(tmp_path, settings=None):
         ReportSection(
             title="ROC <curves> & AUC",
             text="Edge ROC against the ground truth.\n\nSecond paragraph with <script>alert(1)</script>.",
-            figures=[figures[0], figures[1]],
+            figures=[(figures[0], "ROC of two methods: x false positive rate, y true positive rate"), figures[1]],
             tables=[("AUC by method", pl.DataFrame({"method": ["EAP", "A<B>"], "auc": [0.9871234, 0.5], "n": [3, 1041]}))],
         ),
         ReportSection(title="The circuit", figures=[circuit_png]),
@@ -160,8 +171,13 @@ def test_report_is_self_contained_and_complete(tmp_path):
         assert value in cells
     assert "<caption>AUC by method</caption>" in text
     assert '"model": "attn-only-3l"' in text.replace("&quot;", '"')
-    # long tables are cut, and say so
+    # long tables are cut, and say so, and start folded under their caption; every table scrolls in its own box
     assert "e19" in cells and "e20" not in cells and "Showing the first 20 of 30 rows" in text
+    assert "<details><summary>scores (30 rows)</summary>" in text and text.count('<div class="scroll">') == 2
+    # a figure's caption is the one given, or its file name
+    assert "<figcaption>ROC of two methods: x false positive rate, y true positive rate</figcaption>" in text
+    assert "<figcaption>roc.svg</figcaption>" in text
+    assert "max-width: 76rem" in text  # a laptop screen
 
 
 def test_report_is_deterministic_and_safe_with_urls_in_settings(tmp_path):
@@ -179,3 +195,78 @@ def test_report_missing_figure_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         write_report(tmp_path / "report.html", [section], {}, "Report")
     assert not (tmp_path / "report.html").exists()
+
+
+# ---- titles, captions, the first screen's tables, the circuit grid, faithfulness, DVC curves ------
+class _Recording(figures_module.Figure):
+    made: ClassVar[list] = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _Recording.made.append(self)
+
+
+def test_long_titles_wrap_inside_the_figure(tmp_path, monkeypatch):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    monkeypatch.setattr(figures_module, "Figure", _Recording)
+    _Recording.made = []
+    title = "greater-than-organism-with-a-long-name: edge ROC against the ground truth (resample ablation), every method of the run"
+    plot_roc(roc_frames(), tmp_path / "roc.png", title, formats=("png",))
+    figure = _Recording.made[-1]
+    FigureCanvasAgg(figure).draw()  # the layout as saved
+    renderer = figure.canvas.get_renderer()
+    box, page = figure.axes[0].title.get_window_extent(renderer), figure.bbox
+    assert "\n" in figure.axes[0].get_title()  # wrapped, not clipped
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, (box, page)
+    assert " ".join(figure.axes[0].get_title().split()) == title  # every word kept
+
+
+def test_every_figure_kind_has_a_caption_with_its_axes():
+    for kind in CAPTIONS:
+        text = caption(kind, "ioi")
+        assert len(text) > 80 and "{" not in text, kind
+    assert "(m(C) - m(empty)) / (m(full) - m(empty))" in caption("fraction", "ioi")
+
+
+def test_first_screen_tables_are_pair_by_method():
+    auc = pl.DataFrame({"pair": ["a", "a", "b", "b"], "method": ["eap", "acdc"] * 2, "edge_auc_pessimistic": [0.91234, 0.5, 0.7, 0.6]})
+    circuits = pl.DataFrame({"pair": ["a", "a"], "method": ["eap", "acdc"], "edges": [12, 5], "recovered": [0.812345, 0.9]})
+    cpr_cmd = pl.DataFrame({"pair": ["a"] * 3, "method": ["eap", "acdc", "random"], "cpr": [0.5, 0.6, 0.1], "cmd": [0.1, 0.2, 0.7]})
+    tables = dict(glance_tables(auc, circuits, cpr_cmd, ["acdc", "eap"]))
+    edge_auc = next(frame for name, frame in tables.items() if name.startswith("Edge AUC"))
+    assert edge_auc.columns == ["pair", "acdc", "eap"] and edge_auc.row(0) == ("a", 0.5, 0.912)
+    assert tables["MIB CMD (0 is best)"].columns == ["pair", "acdc", "eap", "random"]
+    assert pivot(pl.DataFrame(), "x", ["eap"]).columns == ["pair"]
+    grid = pl.DataFrame({"pair": ["a"], "circuit": ["acdc"], "equivalence": ["passes (p=0.5)"], "minimality": ["not applicable ()"]})
+    assert "1 pass, 0 fail, 1 not applicable" in table1_caption(grid)
+
+
+def test_circuit_grid_marks_the_ground_truth_and_scales_edges(tmp_path):
+    weights = edge_weights(["input -> a0.0.q", "input -> a0.0.k", "a0.0 -> logits"], {"input -> a0.0.q": 2.0, "input -> a0.0.k": -4.0, "a0.0 -> logits": 1.0})
+    assert weights == {("a0.0", "logits", "other"): 0.25, ("input", "a0.0", "k"): 1.0, ("input", "a0.0", "q"): 0.5}
+    circuits = {"eap": (SMALL_CIRCUIT, {edge: float(i) for i, edge in enumerate(SMALL_CIRCUIT)}), "acdc": (SMALL_CIRCUIT[:3], None), "sp": ([], None)}
+    first = plot_circuit_grid(circuits, tmp_path / "a.png", "pair: circuits", truth=SMALL_CIRCUIT[4:])[0]
+    second = plot_circuit_grid(circuits, tmp_path / "b.png", "pair: circuits", truth=SMALL_CIRCUIT[4:])[0]
+    assert first.read_bytes() == second.read_bytes() and first.read_bytes().startswith(PNG_MAGIC)
+    assert plot_circuit_grid(circuits, tmp_path / "c.png", "no truth")[0].stat().st_size > 1000
+
+
+def test_fraction_recovered_shares_one_scale(tmp_path):
+    def mib(scale):
+        return pl.DataFrame({"method": ["eap"] * 4 + ["random"] * 4, "ranking": ["absolute"] * 8,
+                             "k": [0.01, 0.1, 0.5, 1.0] * 2, "f": [0.1 * scale, 0.5, 0.9, 1.0, 0.0, 0.1, 0.4, 1.0]})
+    curves = {"a": mib(1.0), "b": mib(-3.0)}
+    low, high = shared_limits(curves)
+    assert low < -0.3 and high > 1.1
+    assert plot_fraction_recovered(curves["a"], tmp_path / "a.png", "a", ylim=(low, high))[0].is_file()
+    assert plot_fraction_grid(curves, tmp_path / "all.png", "all")[0].stat().st_size > 1000
+
+
+def test_dvc_curves_overlay_methods_and_draw_roc_staircases():
+    x, y = staircase(np.array([0.0, 0.5, 0.5, 1.0]), np.array([0.0, 0.5, 1.0, 1.0]))
+    assert list(zip(x, y)) == [(0.0, 0.0), (0.5, 0.0), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0)]  # right first, then up
+    frames = {"eap": pl.DataFrame({"fpr": [0.0, 1.0], "tpr": [0.0, 1.0]}), "acdc": pl.DataFrame({"fpr": [1.0, 0.0], "tpr": [1.0, 0.0]})}
+    table = overlay("ioi", frames, "fpr", "tpr", roc=True)
+    assert table.columns == ["pair", "method", "curve", "order", "fpr", "tpr"]
+    assert table["order"].to_list() == [0, 1, 2, 3, 4, 5] and table["curve"][0] == "ioi_eap" and set(table["pair"]) == {"ioi"}

@@ -32,40 +32,50 @@ HEADER = """\
 """
 
 PLOTS = """
-# `dvc plots show` / `dvc plots diff` (offline page: .dvc/plots/offline.html, built by make setup)
+# `dvc plots show` / `dvc plots diff` (offline page: .dvc/plots/offline.html, built by make setup).
+# Each folder holds one CSV per pair with every method's curve (circuitflow/report/dvc_curves.py):
+# one plot per pair, headed by the pair's name, methods overlaid (colour), revisions dashed; ROC
+# curves are written as their pessimistic staircases.
 plots:
   - data/figures/roc/curves:
       x: fpr
       y: tpr
-      template: linear
-      title: Edge ROC against the ground truth (one file per pair and method)
+      template: circuitflow/report/dvc_templates/overlay.json
+      title: Edge ROC against the ground truth (staircase; higher and further left is better)
       x_label: false positive rate
       y_label: true positive rate
   - data/figures/faithfulness/curves:
+      x: k
+      y: f
+      template: circuitflow/report/dvc_templates/overlay.json
+      title: Fraction of the metric recovered, (m(C) - m(empty)) / (m(full) - m(empty))
+      x_label: fraction of edges kept (top by |score|)
+      y_label: fraction recovered (1 = the model)
+  - data/figures/faithfulness/loss:
       x: n_edges
       y: faithfulness
-      template: linear
+      template: circuitflow/report/dvc_templates/overlay.json
       title: Faithfulness loss against edges kept (lower is better)
       x_label: edges kept
       y_label: faithfulness loss
   - data/figures/hypothesis/curves:
       x: fraction
       y: fraction_beaten
-      template: linear
+      template: circuitflow/report/dvc_templates/overlay.json
       title: Fraction of random circuits the circuit beats, by random-circuit size (Shi et al.)
       x_label: random circuit size (fraction of edges)
       y_label: fraction beaten
   - data/figures/mib/curves:
       x: k
       y: f
-      template: linear
-      title: MIB faithfulness at a fraction of the edges (one file per pair, method and ranking)
-      x_label: fraction of edges kept
+      template: circuitflow/report/dvc_templates/overlay.json
+      title: MIB f_k per method and ranking (signed - CPR; absolute - CMD)
+      x_label: fraction of edges kept, k
       y_label: f_k
   - data/figures/adversarial/curves:
       x: k
       y: alpha
-      template: linear
+      template: circuitflow/report/dvc_templates/overlay.json
       title: Hill plot of the circuit's per-pair KL (tail index alpha against k)
       x_label: k (order statistics used)
       y_label: alpha

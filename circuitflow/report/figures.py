@@ -11,6 +11,7 @@ live in matplotlib's global rcParams while a figure is drawn, so drawing is seri
 from __future__ import annotations
 
 import re
+import textwrap
 import threading
 from pathlib import Path
 from typing import Callable, Sequence
@@ -58,10 +59,26 @@ def _render(path: str | Path, formats: Sequence[str], draw: Callable[[Figure], N
     with _LOCK, matplotlib.style.context(["default", _STYLE]):
         figure = Figure(figsize=size, layout="constrained")
         draw(figure)
+        fit_titles(figure)
         for target in targets:
             fmt = target.suffix[1:]
             write_atomic(target, lambda tmp, fmt=fmt: figure.savefig(tmp, format=fmt, metadata=_METADATA[fmt]))
     return targets
+
+
+def fit_titles(figure: Figure) -> None:
+    """Wrap every axes title onto as many lines as its column of the figure needs, so no title is
+    clipped at the figure's edge (a character is taken as 0.62 em wide: generous for DejaVu Sans)."""
+    for ax in figure.axes:
+        title = ax.title.get_text()
+        if not title:
+            continue
+        spec = ax.get_subplotspec()
+        columns = spec.get_gridspec().ncols / (spec.colspan.stop - spec.colspan.start) if spec else 1
+        width_px = figure.get_figwidth() * figure.dpi / columns * 0.94
+        char_px = ax.title.get_fontsize() * figure.dpi / 72 * 0.62
+        lines = textwrap.wrap(" ".join(title.split()), width=max(12, int(width_px / char_px)), break_on_hyphens=False)
+        ax.title.set_text("\n".join(lines))
 
 
 def _require_columns(frame: pl.DataFrame, columns: Sequence[str], what: str) -> None:

@@ -8,13 +8,13 @@ import polars as pl
 
 from circuitflow.evaluation.adversarial import pair_kl_circuits, read_pair_kl
 from circuitflow.io import write_json_atomic
-from circuitflow.report.dvc_curves import overlay
 from circuitflow.report.adversarial_figures import (
     plot_grouped_heatmap,
     plot_hill,
     plot_kl_distributions,
     plot_qq,
 )
+from circuitflow.report.dvc_curves import overlay
 from circuitflow.settings import Settings
 from circuitflow.stages import StepResult
 from circuitflow.stages.artefacts import (

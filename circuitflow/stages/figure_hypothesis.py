@@ -7,6 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from circuitflow.evaluation.hypothesis_tests import MinimalityResult
+from circuitflow.report.dvc_curves import overlay
 from circuitflow.report.hypothesis_figures import (
     plot_minimality_effects,
     plot_random_circuit_curve,
@@ -57,8 +58,8 @@ def run(settings: Settings, out: Path) -> StepResult:
         tables.append(tests.with_columns(pl.lit(name).alias("pair")).select(*COLUMNS))
         circuit = sweep["circuit"][0]
         plot_random_circuit_curve(sweep, out / f"sufficiency_{name}.png", f"{name}: {circuit} against random circuits", q_star=q_star)
-        for test in ("sufficiency", "partial_necessity"):
-            write_csv(out / "curves" / f"{name}_{test}.csv", sweep.filter(pl.col("test") == test).select("fraction", "fraction_beaten"))
+        by_test = {test: sweep.filter(pl.col("test") == test) for test in ("sufficiency", "partial_necessity")}
+        write_csv(out / "curves" / f"{name}.csv", overlay(name, by_test, "fraction", "fraction_beaten"))  # `dvc plots`: the tests overlaid
         effects = pl.read_parquet(pair_dir / "minimality_effects.parquet").filter(pl.col("circuit") == circuit)
         references = pl.read_parquet(pair_dir / "minimality_references.parquet").filter(pl.col("circuit") == circuit)
         minimality = MinimalityResult(None, effects, references["delta"].to_numpy(), tuple(references["knocked"].to_list()))
@@ -68,4 +69,4 @@ def run(settings: Settings, out: Path) -> StepResult:
     write_csv(out / "table1.csv", table1_grid(table))
     for row in table.iter_rows(named=True):
         metrics[f"{row['pair']}_{row['circuit']}_{row['test']}_passes"] = float(row["passes"])
-    return StepResult(metrics=metrics)
+    return StepResult(metrics=metrics, params={"pairs": list(settings.pairs), "q_star": q_star})

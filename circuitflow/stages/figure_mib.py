@@ -7,10 +7,16 @@ from pathlib import Path
 
 import polars as pl
 
+from circuitflow.report.dvc_curves import overlay
 from circuitflow.report.figures import plot_mib_curves
 from circuitflow.settings import Settings
 from circuitflow.stages import StepResult
-from circuitflow.stages.artefacts import evaluate_dir, read_json, read_parquet, write_csv
+from circuitflow.stages.artefacts import (
+    evaluate_dir,
+    read_json,
+    read_parquet,
+    write_csv,
+)
 
 
 def run(settings: Settings, out: Path) -> StepResult:
@@ -21,12 +27,13 @@ def run(settings: Settings, out: Path) -> StepResult:
         for method in (*settings.methods, "random"):
             rows.append({"pair": name, "model": pair.model, "behavior": pair.behavior, "ablation": str(pair.ablation), "method": method,
                          "cpr": metrics[f"{method}_cpr"], "cmd": metrics[f"{method}_cmd"]})
-            for ranking in ("signed", "absolute"):
-                curve = curves.filter((pl.col("method") == method) & (pl.col("ranking") == ranking))
-                write_csv(out / "curves" / f"{name}_{method}_{ranking}.csv", curve.select("k", "f"))
+        ranked = {f"{m} ({r})": curves.filter((pl.col("method") == m) & (pl.col("ranking") == r))
+                  for m in (*settings.methods, "random") for r in ("signed", "absolute")}
+        write_csv(out / "curves" / f"{name}.csv", overlay(name, ranked, "k", "f"))  # `dvc plots`: every method and ranking overlaid
         plot_mib_curves({m: curves.filter(pl.col("method") == m) for m in (*settings.methods, "random")}, out / f"mib_{name}.png",
                         f"{name}: faithfulness at a fraction of the edges (MIB)", formats=("png",))
     table = pl.DataFrame(rows)
     write_csv(out / "cpr_cmd.csv", table)
     means = table.group_by("method", maintain_order=True).agg(pl.col("cpr").mean(), pl.col("cmd").mean())
-    return StepResult(metrics={f"{m}_mean_{k}": v for m, cpr, cmd in means.iter_rows() for k, v in (("cpr", cpr), ("cmd", cmd))})
+    return StepResult(metrics={f"{m}_mean_{k}": v for m, cpr, cmd in means.iter_rows() for k, v in (("cpr", cpr), ("cmd", cmd))},
+                      params={"pairs": list(settings.pairs), "methods": list(settings.methods), "rankings": ["signed", "absolute"]})

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
+from circuitflow.report.dvc_curves import overlay
 from circuitflow.report.figures import plot_roc
 from circuitflow.settings import Settings
 from circuitflow.stages import StepResult
@@ -20,7 +21,7 @@ from circuitflow.stages.artefacts import (
 def run(settings: Settings, out: Path) -> StepResult:
     """The ACDC paper's ROC curves and AUC table: every pair with a ground truth, every method."""
 
-    rows, curves = [], []
+    rows = []
     for name, pair in settings.pairs.items():
         pair_dir = evaluate_dir(name)
         roc = pl.read_parquet(pair_dir / "roc.parquet")
@@ -33,12 +34,10 @@ def run(settings: Settings, out: Path) -> StepResult:
                 for kind in ("pessimistic", "trapezoid"):
                     row[f"{level}_auc_{kind}"] = metrics[f"{method}_{level}_auc_{kind}"]
             rows.append(row)
-            edge = roc.filter((pl.col("method") == method) & (pl.col("level") == "edge"))
-            write_csv(out / "curves" / f"{name}_{method}.csv", edge.select("fpr", "tpr", "n_kept"))
-            curves.append(edge)
         edges = roc.filter(pl.col("level") == "edge")
-        plot_roc({m: edges.filter(pl.col("method") == m) for m in settings.methods}, out / f"roc_{name}.png",
-                 f"{name}: edge ROC against the ground truth ({pair.ablation} ablation)", formats=("png",))
+        by_method = {m: edges.filter(pl.col("method") == m) for m in settings.methods}
+        write_csv(out / "curves" / f"{name}.csv", overlay(name, by_method, "fpr", "tpr", roc=True))  # `dvc plots`: staircases
+        plot_roc(by_method, out / f"roc_{name}.png", f"{name}: edge ROC against the ground truth ({pair.ablation} ablation)", formats=("png",))
     table = pl.DataFrame(rows)
     write_csv(out / "auc_table.csv", table)
     # Every pair, with or without a ground truth: the size of each method's saved circuit and the
@@ -50,4 +49,5 @@ def run(settings: Settings, out: Path) -> StepResult:
                    "edges": int(recorded[f"{method}_circuit_edges"]), "recovered": recorded[f"{method}_circuit_recovered"]}
                   for method in settings.methods]
     write_csv(out / "circuit_table.csv", pl.DataFrame(sizes))
-    return StepResult(metrics={f"{r['pair']}_{r['method']}_edge_auc": r["edge_auc_pessimistic"] for r in rows})
+    return StepResult(metrics={f"{r['pair']}_{r['method']}_edge_auc": r["edge_auc_pessimistic"] for r in rows},
+                      params={"pairs": list(settings.pairs), "methods": list(settings.methods), "level": "edge", "auc": "pessimistic and trapezoid"})
