@@ -77,7 +77,7 @@ def share_runs_view(experiment_id: str, name: str, *, search: str = "", params: 
 
     configure()
     columns = [f"params.`{p}`" for p in params] + [f"tags.`{t}`" for t in tags]
-    state = {"searchFilter": search, "selectedColumns": columns, "columnWidths": {c: 240 for c in columns[: len(params)]},
+    state = {"searchFilter": search, "selectedColumns": columns,
              "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": group_by}]} if group_by else None}
     mlflow.MlflowClient().set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{name}", json.dumps(state))
     return name
