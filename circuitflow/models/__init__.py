@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from circuitflow.models import checkpoint, mamba, organisms, posterior, pretrained, siit, tracr_kind
+from circuitflow.models import checkpoint, mamba, organisms, planner, posterior, pretrained, siit, tracr_kind
 from circuitflow.models.kind import LoadedModel, ModelKind
 
 __all__ = ["MODEL_KINDS", "LoadedModel", "ModelKind", "load_model"]
@@ -24,6 +24,7 @@ MODEL_KINDS: dict[str, ModelKind] = {
     "mamba": mamba.KIND,
     "checkpoint": checkpoint.KIND,
     "posterior": posterior.KIND,
+    "planner": planner.KIND,
 }
 
 

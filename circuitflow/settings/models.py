@@ -187,11 +187,63 @@ class CheckpointModel:
     path: str
 
 
+@dataclass(frozen=True)
+class PlannerModel:
+    """A DRC(depth, ticks) agent trained here with PPO on generated Sokoban levels, and the settings
+    of its experiments (``planner/``; REFERENCE.md 12).  ``room_size`` counts the border walls
+    (Boxoban: 10); training levels have ``min_boxes``..``max_boxes`` boxes; the experiments play
+    ``n_eval_levels`` held-out levels with ``easy_boxes`` and with ``hard_boxes`` boxes."""
+
+    kind: Literal["planner"]
+    seed: int = setting(0, low=0)
+    room_size: int = setting(6, low=5)
+    min_boxes: int = setting(1, low=1)
+    max_boxes: int = setting(2, low=1)
+    n_train_levels: int = setting(2000, low=1)
+    depth: int = setting(2, low=1)
+    ticks: int = setting(2, low=1)
+    channels: int = setting(8, low=1)
+    hidden: int = setting(64, low=1)
+    max_steps: int = setting(120, low=1)  # Boxoban's episode limit
+    env_steps: int = setting(30_000, low=1)
+    n_envs: int = setting(32, low=1)
+    rollout: int = setting(20, low=1)
+    lr: float = setting(3e-3, low=0)
+    gamma: float = setting(0.97, low=0, high=1)
+    gae_lambda: float = setting(0.95, low=0, high=1)
+    clip: float = setting(0.2, low=0)
+    epochs: int = setting(4, low=1)
+    minibatches: int = setting(4, low=1)
+    entropy_coef: float = setting(0.005, low=0)
+    value_coef: float = setting(0.5, low=0)
+    grad_clip: float = setting(10.0, low=0)
+    n_checkpoints: int = setting(4, low=1)  # weight snapshots the experiments evaluate, evenly spaced
+    checkpoint_every: int = setting(25, low=1)  # updates between resumable checkpoints
+    thinking_steps: tuple[int, ...] = (0, 1, 2, 4, 8, 16)
+    n_eval_levels: int = setting(100, low=1)
+    easy_boxes: int = setting(1, low=1)
+    hard_boxes: int = setting(2, low=1)
+    pacing_steps: int = setting(10, low=2)  # a cycle counts when it closes within these first steps
+    probe_levels: int = setting(200, low=2)  # played per thinking-step count for the probes (half train, half test)
+    probe_thinking_steps: tuple[int, ...] = (0, 2, 8)
+
+    def check(self, where: str) -> None:
+        if self.min_boxes > self.max_boxes:
+            raise SettingsError(f"`{where}.min_boxes` ({self.min_boxes}) exceeds max_boxes ({self.max_boxes}); swap them.")
+        if max(self.max_boxes, self.hard_boxes, self.easy_boxes) + 3 > (self.room_size - 2) ** 2:
+            raise SettingsError(f"`{where}.room_size` {self.room_size} leaves too little floor for the boxes; make it larger.")
+        if self.n_envs % self.minibatches:
+            raise SettingsError(f"`{where}.n_envs` ({self.n_envs}) must be a multiple of minibatches ({self.minibatches}).")
+        if any(n < 0 for n in (*self.thinking_steps, *self.probe_thinking_steps)):
+            raise SettingsError(f"`{where}.thinking_steps` and probe_thinking_steps must be non-negative integers.")
+
+
 MODEL_KINDS: dict[str, type] = {
     "tracr": TracrModel, "organism": OrganismModel, "siit": SiitModel, "mamba": MambaModel,
     "pretrained": PretrainedModel, "checkpoint": CheckpointModel, "posterior": PosteriorModel,
+    "planner": PlannerModel,
 }
-ModelSettings = TracrModel | OrganismModel | SiitModel | MambaModel | PretrainedModel | CheckpointModel | PosteriorModel
+ModelSettings = TracrModel | OrganismModel | SiitModel | MambaModel | PretrainedModel | CheckpointModel | PosteriorModel | PlannerModel
 
 
 def parse_model(value: Any, where: str) -> ModelSettings:
