@@ -10,6 +10,7 @@ dotted names (``discover.acdc.thresholds``); its artefacts are every file it wro
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,12 +101,43 @@ def mlflow_run(name: str, experiment: str, tags: dict[str, str] | None = None, n
     found = mlflow.set_experiment(experiment)
     if "mlflow.experimentKind" not in found.tags:  # else MLflow 3 opens it on the GenAI view, with no runs shown
         mlflow.MlflowClient().set_experiment_tag(found.experiment_id, "mlflow.experimentKind", "custom_model_development")
+    close_orphans(found.experiment_id)
     parent = nested_under or os.environ.get(PARENT_RUN_ENV)
-    run_tags = {"git_commit": _git_commit(), **(tags or {})}
+    run_tags = {"git_commit": _git_commit(), "host": socket.gethostname(), "pid": str(os.getpid()), **(tags or {})}
     if parent:
         run_tags["mlflow.parentRunId"] = parent
-    with mlflow.start_run(run_name=name, tags=run_tags) as run:
+    run = mlflow.start_run(run_name=name, tags=run_tags)
+    try:
         yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def close_orphans(experiment_id: str) -> None:
+    """Mark FAILED the runs still RUNNING whose process on this host is gone (a kill -9 or a crash
+    ended it before it could say so)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        if tags.get("host") == socket.gethostname() and tags.get("pid", "").isdigit() and not _alive(int(tags["pid"])):
+            client.set_terminated(run.info.run_id, "FAILED")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def log_step(params: dict[str, Any], metrics: dict[str, float], artifacts: list[Path],

@@ -101,3 +101,23 @@ def test_the_device_setting_is_validated_and_resolved():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="compute.device is cuda but torch sees no GPU"):
             resolve_device("cuda")
+
+
+def test_mlflow_runs_end_killed_on_ctrl_c_and_orphans_are_closed(tmp_path, monkeypatch):
+    """Ctrl-C marks the stage's MLflow run KILLED; a run left RUNNING by a process that is gone
+    (kill -9) is closed as FAILED by the next run."""
+    import mlflow
+
+    from tasks.tracking import mlflow_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(KeyboardInterrupt), mlflow_run("interrupted", "test"):
+        raise KeyboardInterrupt
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("test").experiment_id
+    orphan = client.create_run(experiment, tags={"host": __import__("socket").gethostname(), "pid": "999999999"}, run_name="orphan")
+    with mlflow_run("next", "test"):
+        pass
+    status = {run.info.run_name: run.info.status for run in client.search_runs([experiment])}
+    assert status == {"interrupted": "KILLED", "orphan": "FAILED", "next": "FINISHED"}
+    assert orphan.info.status == "RUNNING"
