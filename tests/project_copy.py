@@ -56,6 +56,9 @@ def tiny_params(params: dict[str, Any]) -> dict[str, Any]:
             spec.update(steps=6, n_train=300, n_eval=20, eval_every=3, n_layers=2, d_model=32)
         elif spec["kind"] == "siit":
             spec.update(max_steps=6, eval_every=3, n_eval_pairs=32, batch_size=16)
+        elif spec["kind"] == "planner":
+            spec.update(env_steps=256, n_envs=8, rollout=8, channels=4, hidden=8, n_train_levels=30, n_eval_levels=6,
+                        thinking_steps=[0, 2], probe_levels=12, probe_thinking_steps=[0, 1], n_checkpoints=2, max_steps=30)
     discover = params["discover"]
     if "acdc" in discover:
         discover["acdc"]["thresholds"] = [1e-3, 1e-2, 0.1]
