@@ -98,6 +98,23 @@ def _benchmark_sections() -> list[ReportSection]:
                  "heavier-tailed than exponential.",
             tables=[("Percentiles", pl.read_csv(adversarial_dir / "percentiles.csv")), ("Tail verdicts", pl.read_csv(adversarial_dir / "tails.csv")),
                     ("Worst pairs", pl.read_csv(adversarial_dir / "worst.csv"))]))
+    planner_dir = figure_dir("planner")
+    if (planner_dir / "thinking.csv").exists():
+        captions = {"success": "Success rate on held-out levels (y, fraction solved) against the thinking steps N the agent is "
+                               "given on the first observation before it acts (x), one line per training checkpoint; easier and "
+                               "harder level sets. Thinking helps where the lines rise with N.",
+                    "pacing": "Pacing: the fraction of episodes that return to an earlier state in their first steps, and the "
+                              "steps to solve, against the thinking steps N. Thinking that replaces pacing lowers both.",
+                    "probe": "Linear probes per square for the direction the box there is next pushed, decoded from the "
+                             "ConvLSTM cell states: accuracy against N, with the majority-class baseline."}
+        sections.append(ReportSection(
+            title="The learned planner (Taufeeque et al. 2024)",
+            text="A DRC ConvLSTM agent trained here with PPO on generated Sokoban levels (a reduced scale of the paper's "
+                 "2 billion steps): does extra computation at the start of an episode raise its success, reduce pacing, "
+                 "and extend the plan a linear probe can read?",
+            figures=[(path, captions[path.stem.split("_")[0]]) for kind in captions for path in sorted(planner_dir.glob(f"{kind}_*.png"))],
+            tables=[("Success, cycles and steps to solve against thinking steps", pl.read_csv(planner_dir / "thinking.csv")),
+                    ("Probe accuracy against thinking steps", pl.read_csv(planner_dir / "probe.csv"))]))
     return sections
 
 
