@@ -125,3 +125,13 @@ def test_check_and_help_import_neither_torch_nor_transformer_lens():
             "print(json.dumps([m for m in ('torch', 'transformer_lens', 'prefect', 'mlflow') if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert json.loads(out.strip().splitlines()[-1]) == []
+
+
+def test_files_named_in_params_are_checked_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "task.json").write_text("{}")
+    (tmp_path / "tasks").mkdir()
+    assert parse_settings(changed(lambda r: r["pairs"]["ioi"].update(behavior="bigbench:task.json"))).pair("ioi").behavior == "bigbench:task.json"
+    for behavior, says in (("bigbench:missing.json", "missing.json, which does not exist"), ("pairs:tasks", "tasks, which is a folder")):
+        assert says in refused(lambda r, b=behavior: r["pairs"]["ioi"].update(behavior=b))
+    assert "which is not a folder" in refused(lambda r: r["models"].update(mine={"kind": "checkpoint", "path": "nowhere"}))

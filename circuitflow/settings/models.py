@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from circuitflow.settings.options import Ablation
@@ -186,11 +187,16 @@ class CheckpointModel:
     kind: Literal["checkpoint"]
     path: str
 
+    def check(self, where: str) -> None:
+        if not Path(self.path).is_dir():
+            raise SettingsError(f"`{where}.path` is {self.path}, which is not a folder; give the folder holding the checkpoint's "
+                                "config.json and model.safetensors.")
+
 
 @dataclass(frozen=True)
 class PlannerModel:
     """A DRC(depth, ticks) agent trained here with PPO on generated Sokoban levels, and the settings
-    of its experiments (``planner/``; REFERENCE.md 12).  ``room_size`` counts the border walls
+    of its experiments (``planner/``; Taufeeque et al. 2024).  ``room_size`` counts the border walls
     (Boxoban: 10); training levels have ``min_boxes``..``max_boxes`` boxes; the experiments play
     ``n_eval_levels`` held-out levels with ``easy_boxes`` and with ``hard_boxes`` boxes."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Mapping
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,6 +49,11 @@ class PairSettings:
         for prefix in BEHAVIOR_PREFIXES:
             if self.behavior == prefix:
                 raise SettingsError(f"`{where}.behavior` {self.behavior!r} names nothing after the prefix; write e.g. {prefix}<name>.")
+        for prefix in ("bigbench:", "pairs:"):  # files: checked here, before any stage runs
+            path = Path(self.behavior.removeprefix(prefix))
+            if self.behavior.startswith(prefix) and not path.is_file():
+                what = "is a folder, not a file" if path.is_dir() else "does not exist"
+                raise SettingsError(f"`{where}.behavior` names {path}, which {what}; give the path of the {prefix[:-1]} file from the project root.")
 
 
 # ---- discovery ----------------------------------------------------------------------------------
