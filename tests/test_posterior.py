@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from circuitflow.evaluation.stability import (
+    group_stability,
     inclusion_frequency,
     jaccard_matrix,
     mean_jaccard,
@@ -91,6 +92,9 @@ def test_jaccard_and_inclusion_by_hand():
     assert jaccard_matrix(np.zeros((2, 3), dtype=bool)).tolist() == [[1.0, 1.0], [1.0, 1.0]]
     with pytest.raises(ValueError, match="top-n"):
         top_n_members(scores, 6)
+    # saved circuits of sizes 2, 3, 1: {0,1}, {0,2,3}, {4}: Jaccard 1/4, 0, 0
+    stability = group_stability(scores, np.array([2, 3, 1]), 3)
+    assert stability == pytest.approx({"jaccard_top_n": 0.4, "jaccard_saved": 1 / 12, "edges_in_all": 1, "edges_in_any": 5, "inclusion_mean": 0.6})
 
 
 TINY = {"kind": "posterior", "behavior": "greater-than", "n_layers": 1, "d_model": 16, "n_heads": 2, "steps": 4, "batch_size": 8, "n_train": 64, "n_eval": 16,

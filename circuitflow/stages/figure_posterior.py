@@ -10,7 +10,8 @@ seeds (the posterior stage's scores.parquet and members.parquet):
                      ground truth
     inclusion.csv    model, method, group, edge, inclusion (the fraction of top-n circuits holding it)
     accuracy.csv     per posterior model: T, prior, sampler, held-out accuracy of the warm start,
-                     of the samples (mean) and their average (BMA), of the SGD seeds and their ensemble
+                     of the samples (mean) and their average (BMA), of the SGD seeds and their
+                     ensemble, and the held-out loss of the samples and of the seeds (means)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from circuitflow.evaluation.stability import (
     inclusion_frequency,
     top_n_members,
 )
+from circuitflow.models.posterior import members
 from circuitflow.report.posterior_figures import (
     plot_accuracy_vs_temperature,
     plot_inclusion,
@@ -68,6 +70,14 @@ def _model(name: str, spec: PosteriorModel, out: Path) -> tuple[list[dict], list
     return rows, inclusions
 
 
+def _losses(name: str) -> dict[str, float]:
+    """The mean held-out loss (lower is better) of the posterior samples and of the SGD seeds."""
+    losses: dict[str, list[float]] = {"posterior": [], "sgd": []}
+    for member, group in members(model_dir(name)):
+        losses[group].append(json.loads((model_dir(name) / member / "config.json").read_text())["metrics"]["loss"])
+    return {f"loss_{group}_mean": sum(values) / len(values) for group, values in losses.items()}
+
+
 def run(settings: Settings, out: Path) -> StepResult:
     rows, inclusions, accuracy = [], [], []
     for name, spec in settings.models.items():
@@ -77,7 +87,7 @@ def run(settings: Settings, out: Path) -> StepResult:
         rows += model_rows
         inclusions += model_inclusions
         metrics = json.loads((model_dir(name) / "config.json").read_text())["metrics"]
-        accuracy.append({"model": name, "temperature": spec.temperature, "prior": spec.prior, "sampler": spec.sampler, **metrics})
+        accuracy.append({"model": name, "temperature": spec.temperature, "prior": spec.prior, "sampler": spec.sampler, **metrics, **_losses(name)})
     write_csv(out / "stability.csv", pl.DataFrame(rows))
     write_csv(out / "inclusion.csv", pl.concat(inclusions) if inclusions else pl.DataFrame())
     write_csv(out / "accuracy.csv", pl.DataFrame(accuracy))
