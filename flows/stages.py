@@ -3,6 +3,8 @@ whole DAG as one flow (`circuitflow run`), both following the stage registry."""
 
 from __future__ import annotations
 
+import importlib
+
 from prefect import flow
 
 from circuitflow.settings import load_settings
@@ -26,6 +28,11 @@ def pipeline_flow(params_path: str = "params.yaml", only: list[str] | None = Non
     MLflow run is nested under one pipeline run; the runs go to the task runner params.yaml's
     ``prefect:`` section names, so independent pairs run concurrently."""
     settings = load_settings(params_path)
+    # Import every stage's module here, in one thread, before the runner starts threads: two
+    # threads importing transformers' lazy modules for the first time at once race (ImportError:
+    # cannot import name 'AutoTokenizer'; KeyError: 'transformers.utils').
+    for stage in STAGES:
+        importlib.import_module(stage.module)
     with mlflow_run("pipeline", settings.mlflow.experiment) as parent, make_task_runner(settings.prefect) as runner:
         futures: dict[tuple[str, str | None], object] = {}
         for stage in STAGES:
