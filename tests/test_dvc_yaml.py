@@ -55,9 +55,12 @@ def imported_library_files(module: str) -> set[str]:
 
 
 def test_every_module_a_stage_imports_is_a_code_dependency():
+    from concurrent.futures import ThreadPoolExecutor
+
     stages = dvc_stages()
-    for stage in STAGES:
+    with ThreadPoolExecutor(max_workers=4) as pool:  # one interpreter per stage, a few at a time
+        imported = dict(zip(STAGES, pool.map(lambda stage: imported_library_files(stage.module), STAGES)))
+    for stage, files in imported.items():
         deps = [dep for dep in body(stages[stage.name])["deps"] if dep.startswith("circuitflow")]
-        missing = [path for path in sorted(imported_library_files(stage.module))
-                   if not any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)]
+        missing = [path for path in sorted(files) if not any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)]
         assert not missing, f"dvc.yaml's {stage.name} stage lacks code deps it imports: {missing}"

@@ -56,8 +56,6 @@ def _aggregates(settings: Settings, inputs: PairInputs) -> tuple[str, ...]:
     log-probability is scored like logits only where the score reads the logits through softmax)."""
     if inputs.behavior.kl_divergence is not None:
         return AGGREGATES
-    if settings.evaluate.resamples.aggregate == "probabilities":
-        raise ValueError(f"{inputs.pair.behavior} has no output distribution, so `evaluate.resamples.aggregate` must be logits for pair {inputs.pair.name}.")
     return ("logits",)
 
 
@@ -90,17 +88,18 @@ def _saved_circuit_tables(settings: Settings, inputs: PairInputs, circuits: dict
 def _curve(settings: Settings, inputs: PairInputs, curves: pl.DataFrame) -> pl.DataFrame:
     """The faithfulness curve at K (``curves``: faithfulness.parquet's method, n_edges, faithfulness)."""
     resamples = settings.evaluate.resamples
+    # Probabilities need an output distribution; a behavior without one (tracr) averages logits.
+    aggregate = resamples.aggregate if resamples.aggregate in _aggregates(settings, inputs) else "logits"
     if resamples.k == 1:
-        return curves.select("method", "n_edges", pl.lit(1).alias("k"), pl.lit(resamples.aggregate).alias("aggregate"), "faithfulness").cast(SCHEMAS["faithfulness_resamples"])
-    _aggregates(settings, inputs)  # refuses probabilities where the behavior has no distribution
+        return curves.select("method", "n_edges", pl.lit(1).alias("k"), pl.lit(aggregate).alias("aggregate"), "faithfulness").cast(SCHEMAS["faithfulness_resamples"])
     scores = read_parquet(discover_dir(inputs.pair.name) / "scores.parquet", f"discover@{inputs.pair.name}")
     frames = []
     for method in settings.methods:
         sizes = curves.filter(pl.col("method") == method)["n_edges"].to_list()
         masks = top_n_masks(inputs.loaded.graph, torch.tensor(scores[method].to_numpy()), sizes)
-        found = _run(settings, inputs, masks, [resamples.k], (resamples.aggregate,))
-        loss = faithfulness_loss(found.scores[resamples.aggregate, resamples.k], inputs.model_scores())
-        frames.append(pl.DataFrame({"method": method, "n_edges": sizes, "k": resamples.k, "aggregate": resamples.aggregate,
+        found = _run(settings, inputs, masks, [resamples.k], (aggregate,))
+        loss = faithfulness_loss(found.scores[aggregate, resamples.k], inputs.model_scores())
+        frames.append(pl.DataFrame({"method": method, "n_edges": sizes, "k": resamples.k, "aggregate": aggregate,
                                     "faithfulness": loss.tolist()}, schema=SCHEMAS["faithfulness_resamples"]))
     return pl.concat(frames)
 
