@@ -77,6 +77,18 @@ def test_the_whole_dag_runs_in_one_process_and_dvc_agrees(project):
         page = (root / "plots_page" / "index.html").read_text()
         assert "cdn.jsdelivr" not in page and "vega-embed" in page and "tracr-reverse_eap" in page
 
+    # `dvc metrics show` lines up in a few columns: the same keys for every pair.
+    shown = json.loads(run(project, "dvc", "metrics", "show", "--json").stdout)
+
+    def leaves(node, prefix=""):
+        if isinstance(node, dict):
+            return {leaf for key, value in node.items() for leaf in leaves(value, f"{prefix}{key}.")}
+        return {prefix.rstrip(".")}
+
+    files = shown["workspace"]["data"]
+    columns = set().union(*(leaves(entry["data"]) for entry in files.values() if "data" in entry))
+    assert files and len(columns) <= 15, sorted(columns)
+
     # DVC recorded the run: nothing is stale, nothing reruns, a second `circuitflow repro` is warm.
     assert "up to date" in run(project, "dvc", "status").stdout
     assert "Data and pipelines are up to date" in run(project, "dvc", "repro").stdout
