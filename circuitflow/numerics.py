@@ -8,6 +8,7 @@ the thread and has no getter, so the blocks nest by a per-thread depth count: th
 sets the flag and clears it on exit, exception or not.  Nothing here runs at import.
 
 ``resolve_device(setting)``: the torch device of params.yaml's ``compute.device``.
+``deterministic_torch(seed)``: seeded, deterministic, one-thread training (same seed, same bytes).
 """
 
 from __future__ import annotations
@@ -51,3 +52,20 @@ def resolve_device(device: str) -> torch.device:
     if device not in ("cpu", "cuda"):
         raise ValueError(f"compute.device must be auto, cpu or cuda, got {device!r}.")
     return torch.device(device)
+
+
+@contextlib.contextmanager
+def deterministic_torch(seed: int) -> Iterator[None]:
+    """Seed torch's global RNG, force deterministic algorithms and one thread for the block (so the
+    reduction order, and the bytes, do not depend on the machine's cores); the caller's RNG state,
+    determinism flag and thread count come back afterwards."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.use_deterministic_algorithms(True)
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic)

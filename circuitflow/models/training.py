@@ -16,31 +16,16 @@ Held-out accuracy (higher is better; every other number here is a loss, lower is
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-
-@contextlib.contextmanager
-def deterministic_torch(seed: int) -> Iterator[None]:
-    """Seed torch's global RNG, force deterministic algorithms and one thread for the block; the
-    caller's RNG state, determinism flag and thread count come back afterwards."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        torch.use_deterministic_algorithms(True)
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
-            torch.use_deterministic_algorithms(deterministic)
+from circuitflow.numerics import deterministic_torch  # noqa: F401  (the trainers import it from here)
 
 
 def masked_loss(logits: torch.Tensor, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from safetensors.torch import save
 from tqdm.auto import tqdm
 
 from circuitflow.io import write_atomic
+from circuitflow.numerics import deterministic_torch
 from circuitflow.planner.drc import DRC
 from circuitflow.planner.levels import Level, generate_levels, stack_levels
 from circuitflow.planner.sokoban import BatchedSokoban
@@ -43,22 +43,6 @@ from circuitflow.settings.models import PlannerModel
 
 CURVES = ("step", "return", "success", "episode_length", "policy_loss", "value_loss", "entropy")
 _WINDOW = 100  # finished episodes in the running return and success curves
-
-
-@contextlib.contextmanager
-def deterministic(seed: int) -> Iterator[None]:
-    """Seeded global RNG, deterministic algorithms, one thread; the caller's come back afterwards.
-    (models/training.py has the same for the transformers; importing it would import TransformerLens.)"""
-    threads, flag = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        torch.use_deterministic_algorithms(True)
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
-            torch.use_deterministic_algorithms(flag)
 
 
 def make_model(settings: PlannerModel) -> DRC:
@@ -217,7 +201,7 @@ def train(settings: PlannerModel, workdir: Path, stop_after: int | None = None, 
     fingerprint = json.dumps(dataclasses.asdict(settings), sort_keys=True, default=list)
     total, snapshots = n_updates(settings), snapshot_updates(settings)
     start = time.perf_counter()
-    with deterministic(settings.seed):
+    with deterministic_torch(settings.seed):
         run = _start(settings)
         _load_resume(workdir / "resume.pt", run, fingerprint)
         bar = tqdm(total=total, initial=run["update"], desc="planner PPO", disable=not progress)
