@@ -168,3 +168,41 @@ def test_hand_written_eap_file_is_evaluated(tmp_path):
     direct = float((direct_circuit - direct_empty) / (direct_full - direct_empty))
     print(f"hand-written EAP-IG circuit on a 2-layer model: recovered fraction {recovered:.6f} (direct {direct:.6f})")
     assert abs(recovered - direct) < 1e-9
+
+
+def test_hand_written_eap_file_on_the_ioi_organism(tmp_path):
+    """The same hand-written EAP-IG file on an IOI organism trained here, evaluated on IOI prompts:
+    MIB's recovered fraction through the engine equals the model's own forward passes (full: clean
+    prompts; empty: every edge resample-ablated, i.e. the corrupted prompts) and the circuit's run."""
+    from circuitflow.behaviors import get_behavior
+    from circuitflow.models import load_model
+    from circuitflow.models.organisms import train_organism
+
+    directory = tmp_path / "ioi-organism"
+    train_organism("ioi", {"steps": 300, "batch_size": 32, "n_train": 2000, "n_eval": 50, "eval_every": 300, "d_model": 32,
+                           "n_heads": 4, "warmup_steps": 10, "lr": 3e-3}, directory, progress=False)
+    loaded = load_model(directory)
+    model, graph = loaded.model, loaded.graph
+    behavior = get_behavior("ioi")
+    examples = behavior.encode(behavior.make_dataset(20, 0), loaded.tokenizer)
+    clean, corrupted, io, s = examples["clean"], examples["corrupted"], examples["io"], examples["s"]
+    path = tmp_path / "ioi_eap_graph.json"
+    path.write_text(json.dumps(HAND_WRITTEN))
+    circuit = load_eap_circuit(path, graph, d_model=model.cfg.d_model)
+    assert circuit == Circuit.from_edges(graph, SAME_IN_OUR_NAMES)
+
+    def metric(logits, index):  # the logit difference of IO over S at the last position
+        last = logits[:, -1]
+        return last.gather(-1, io[index, None])[:, 0] - last.gather(-1, s[index, None])[:, 0]
+
+    ablated = ablation_values("resample", corrupted=source_outputs(model, graph, corrupted))
+    masks = torch.stack([Circuit.full(graph).members, Circuit.empty(graph).members, circuit.members])
+    m_full, m_empty, m_circuit = mean_metric(model, graph, clean, ablated, masks, metric, batch_size=8).tolist()
+    rows = torch.arange(clean.shape[0])
+    with torch.no_grad():
+        full, empty = metric(model(clean), rows).mean(), metric(model(corrupted), rows).mean()
+        inside = metric(run_circuits(model, graph, clean, ablated, circuit.mask(torch.float32)), rows).mean()
+    assert float(full) > 0  # the organism prefers IO to S
+    assert abs(m_full - float(full)) < 1e-4 and abs(m_empty - float(empty)) < 1e-4 and abs(m_circuit - float(inside)) < 1e-4
+    recovered = (m_circuit - m_empty) / (m_full - m_empty)
+    print(f"hand-written EAP-IG circuit on the IOI organism: recovered fraction {recovered:.4f}")
