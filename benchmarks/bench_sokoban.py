@@ -17,9 +17,10 @@ import time
 import torch
 
 from circuitflow.io import write_json_atomic
+from circuitflow.numerics import deterministic_torch
 from circuitflow.planner.levels import generate_levels, stack_levels
 from circuitflow.planner.sokoban import BatchedSokoban
-from circuitflow.planner.training import _start, collect, deterministic, ppo_update
+from circuitflow.planner.training import _start, collect, ppo_update
 from circuitflow.settings.models import PlannerModel
 from circuitflow.settings.parsing import parse
 
@@ -49,7 +50,7 @@ def env_speed(n_envs: int, size: int, boxes: int, steps: int = 300) -> float:
 def training_seconds_per_million(changes: dict, updates: int) -> tuple[float, PlannerModel]:
     settings = parse(PlannerModel, {"kind": "planner", "n_train_levels": 64, **changes}, "bench")
     updates = updates if settings.n_envs * settings.rollout < 1000 else 1
-    with deterministic(0):
+    with deterministic_torch(0):
         run = _start(settings)
         ppo_update(run, collect(run, settings), settings)  # warm-up
         start = time.perf_counter()

@@ -23,11 +23,12 @@ import numpy as np
 import polars as pl
 import torch
 
+from circuitflow.numerics import deterministic_torch
 from circuitflow.planner.artefacts import load_agent, read_settings, snapshots
 from circuitflow.planner.drc import DRC
 from circuitflow.planner.levels import Level, format_level, generate_levels
 from circuitflow.planner.sokoban import BatchedSokoban
-from circuitflow.planner.training import deterministic, training_levels
+from circuitflow.planner.training import training_levels
 from circuitflow.settings.models import PlannerModel
 
 NOT_PUSHED = 4
@@ -179,7 +180,7 @@ def thinking_table(directory: Path) -> pl.DataFrame:
     level_sets = {name: held_out_levels(settings, (boxes, boxes), settings.n_eval_levels, salt, exclude)
                   for salt, (name, boxes) in enumerate((("easy", settings.easy_boxes), ("hard", settings.hard_boxes)))}
     rows = []
-    with deterministic(settings.seed):  # one thread: the pipeline shares the cores
+    with deterministic_torch(settings.seed):  # one thread: the pipeline shares the cores
         for env_steps, path in snapshots(directory):
             model, _ = load_agent(directory, path)
             for level_set, levels in level_sets.items():
@@ -200,7 +201,7 @@ def probe_tables(directory: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     half = len(levels) // 2
     tables, scores = [], []
     for thinking in settings.probe_thinking_steps:
-        with deterministic(settings.seed):
+        with deterministic_torch(settings.seed):
             parts = [probe_rows(play(model, part, thinking, settings.max_steps, settings.pacing_steps, record=True), thinking, split, first)
                      for split, first, part in (("train", 0, levels[:half]), ("test", half, levels[half:]))]
         table = pl.concat(parts)
