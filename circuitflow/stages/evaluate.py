@@ -65,10 +65,9 @@ def circuit_under_test(settings: Settings, inputs: PairInputs) -> str:
     return settings.evaluate.circuit or settings.methods[0]
 
 
-def _curves_and_roc(settings: Settings, inputs: PairInputs, result: StepResult) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _curves_and_roc(settings: Settings, inputs: PairInputs, scores: pl.DataFrame, result: StepResult) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Faithfulness of each method's top-n circuits, and its edge / node ROC against the ground truth."""
     graph, truth = inputs.loaded.graph, inputs.ground_truth
-    scores = read_parquet(discover_dir(inputs.pair.name) / "scores.parquet", f"discover@{inputs.pair.name}")
     sweeps = read_parquet(discover_dir(inputs.pair.name) / "sweeps.parquet", f"discover@{inputs.pair.name}")
     sizes = curve_sizes(graph.n_edges, settings.evaluate.faithfulness_points)
     model_scores = inputs.model_scores()
@@ -186,8 +185,8 @@ def headline(settings: Settings, metrics: dict[str, float]) -> dict[str, dict[st
 def run(settings: Settings, name: str, out: Path) -> StepResult:
     inputs = load_pair(settings, name)
     result = StepResult(params={"pair": as_data(inputs.pair), "evaluate": as_data(settings.evaluate)})
-    curves, roc = _curves_and_roc(settings, inputs, result)
     scores = read_parquet(discover_dir(name) / "scores.parquet", f"discover@{name}")
+    curves, roc = _curves_and_roc(settings, inputs, scores, result)
     write_parquet(out / "mib.parquet", _mib(settings, inputs, scores, result))
     _hypothesis_tests(settings, inputs, out, result)
     _adversarial(settings, inputs, out, result)
